@@ -1,0 +1,1 @@
+//! Genesys Cloud client. (A helper is building this module.)

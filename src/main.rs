@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    guest_session_worker::cli::main()
+}

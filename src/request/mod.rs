@@ -1,0 +1,13 @@
+//! Session requests (DESIGN §2): the wire model, and validation that turns raw bytes into a
+//! [`ValidatedRequest`] or a [`Rejection`] naming the contract's reason.
+//!
+//! Parse, don't validate: the only way to obtain a [`ValidatedRequest`] is [`validate`], so the rest
+//! of the crate never re-checks a rule.
+
+mod rejection;
+mod validated;
+mod validation;
+
+pub use rejection::{RejectReason, Rejection};
+pub use validated::{Consent, Routing, ValidatedRequest};
+pub use validation::{DEFAULT_PII_PATTERNS, MAX_BODY_BYTES, MAX_CUSTOM_ATTRIBUTES_BYTES, ValidationPolicy, validate};

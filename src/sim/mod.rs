@@ -1,0 +1,1 @@
+//! Genesys Cloud simulator. (A helper is building this module.)
