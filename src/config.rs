@@ -1,1 +1,87 @@
-//! placeholder
+//! Worker settings read from flags or their environment variables (DESIGN §7). Broker settings
+//! live in [`crate::amqp::AmqpArgs`], Genesys settings in [`crate::genesys::GenesysArgs`].
+
+use std::{net::SocketAddr, time::Duration};
+
+use secrecy::SecretString;
+
+use crate::{
+    amqp::{AmqpArgs, Topology, TopologyOptions, topology::DEFAULT_DELIVERY_LIMIT},
+    pipeline::WorkerSettings,
+    request::{DEFAULT_PII_PATTERNS, ValidationPolicy},
+};
+
+#[derive(clap::Args, Clone)]
+pub struct WorkerArgs {
+    /// Requests in flight per replica; the prefetch follows it.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// Seconds to finish in-flight work after SIGTERM before returning it to the queue.
+    #[arg(long, env = "WORKER_SHUTDOWN_GRACE_SECS", default_value_t = 25)]
+    pub shutdown_grace_secs: u64,
+    /// Confirm-mode publisher channels (each driven by one task).
+    #[arg(long, env = "WORKER_PUBLISHER_CHANNELS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub publisher_channels: u16,
+    /// Redeliveries after which the broker dead-letters a message (poison-message guard).
+    #[arg(long, env = "AMQP_DELIVERY_LIMIT", default_value_t = DEFAULT_DELIVERY_LIMIT)]
+    pub delivery_limit: u32,
+    /// Comma-separated substrings that mark an attribute key as PII.
+    #[arg(long, env = "PII_KEY_PATTERNS", default_value_t = DEFAULT_PII_PATTERNS.join(","))]
+    pub pii_key_patterns: String,
+    /// Key for the audit pseudonym of guest ids (HMAC-SHA256). Required by `run`.
+    #[arg(long, env = "AUDIT_HMAC_KEY", hide_env_values = true)]
+    pub audit_hmac_key: Option<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "HEALTH_ADDR", default_value = "0.0.0.0:8080")]
+    pub health_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for WorkerArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerArgs")
+            .field("concurrency", &self.concurrency)
+            .field("shutdown_grace_secs", &self.shutdown_grace_secs)
+            .field("publisher_channels", &self.publisher_channels)
+            .field("delivery_limit", &self.delivery_limit)
+            .field("pii_key_patterns", &self.pii_key_patterns)
+            .field("audit_hmac_key", &self.audit_hmac_key.as_ref().map(|_| "<redacted>"))
+            .field("health_addr", &self.health_addr)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "AUDIT_HMAC_KEY is not set: the worker needs a secret key to pseudonymise guest ids in audit records. Set it (e.g. `export AUDIT_HMAC_KEY=$(openssl rand -hex 32)`) and keep it stable across restarts so guest_ref values stay comparable."
+    )]
+    MissingAuditKey,
+}
+
+impl WorkerArgs {
+    pub fn topology(&self, amqp: &AmqpArgs) -> Topology {
+        Topology::with_options(
+            &amqp.name_prefix,
+            TopologyOptions {
+                delivery_limit: self.delivery_limit,
+            },
+        )
+    }
+
+    pub fn settings(&self, amqp: &AmqpArgs) -> Result<WorkerSettings, ConfigError> {
+        let key = self
+            .audit_hmac_key
+            .clone()
+            .filter(|k| !k.is_empty())
+            .ok_or(ConfigError::MissingAuditKey)?;
+        Ok(WorkerSettings {
+            amqp_url: amqp.url.clone(),
+            topology: self.topology(amqp),
+            concurrency: usize::from(self.concurrency),
+            publisher_lanes: usize::from(self.publisher_channels),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            policy: ValidationPolicy::from_csv(&self.pii_key_patterns),
+            audit_key: SecretString::from(key),
+        })
+    }
+}

@@ -16,6 +16,8 @@
 //! - [`pipeline`]: the consumer loop and the per-message pipeline
 //!   (decode → validate → create → publish event + audit → ack), each step a typed outcome;
 //!   dead letters and the created-session event live here.
+//! - [`telemetry`]: logs, OpenTelemetry traces, and W3C trace context carried in AMQP headers.
+//! - [`metrics`], [`health`]: Prometheus metrics and the `/healthz`, `/readyz`, `/metrics` endpoint.
 //! - [`audit`]: compliance records with a keyed pseudonym of the guest id.
 //! - [`sim`]: a Genesys Cloud simulator (a real HTTP server) used by the demo, tests and benchmarks.
 //! - [`cli`]: the `guest-session-worker` subcommands (`run`, `demo`, `sim`, `enqueue`, `dead-letters`).
@@ -26,6 +28,9 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod genesys;
+pub mod health;
+pub mod metrics;
 pub mod pipeline;
 pub mod request;
 pub mod sim;
+pub mod telemetry;

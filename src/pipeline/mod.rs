@@ -1,1 +1,20 @@
-//! placeholder
+//! The worker: a supervised consumer that runs every delivery through [`process::process`].
+//!
+//! - [`worker`]: connect, declare, consume; reconnect with backoff when the broker goes away;
+//!   graceful shutdown.
+//! - [`consumer`]: one connected session: bounded in-flight handlers, ack/nack per disposition.
+//! - [`process`]: the per-message pipeline, top to bottom.
+//! - [`event`], [`dead_letter`], [`reply`]: the messages the worker publishes.
+//! - [`outcome`]: what became of a request, as data.
+
+pub mod consumer;
+pub mod dead_letter;
+pub mod event;
+pub mod outcome;
+pub mod process;
+pub mod reply;
+pub mod worker;
+
+pub use outcome::{Disposition, Outcome};
+pub use process::PipelineContext;
+pub use worker::{Worker, WorkerError, WorkerSettings};

@@ -1,0 +1,189 @@
+//! Exchange and queue names (DESIGN §2, §4, §5), every one behind `AMQP_NAME_PREFIX`, and their
+//! idempotent declaration.
+
+use lapin::{
+    Channel, ExchangeKind,
+    options::{
+        ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::{AMQPValue, FieldTable, LongString},
+};
+
+pub const REQUEST_ROUTING_KEY: &str = "session.request";
+pub const EVENT_ROUTING_KEY: &str = "session.created";
+/// Default poison-message guard: after this many redeliveries the broker dead-letters the message.
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
+
+/// Declaration settings that are not names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopologyOptions {
+    pub delivery_limit: u32,
+}
+
+impl Default for TopologyOptions {
+    fn default() -> Self {
+        Self {
+            delivery_limit: DEFAULT_DELIVERY_LIMIT,
+        }
+    }
+}
+
+/// The names of everything the worker uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    pub request_exchange: String,
+    pub request_queue: String,
+    pub crm_exchange: String,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+    pub audit_exchange: String,
+    pub audit_queue: String,
+    pub options: TopologyOptions,
+}
+
+impl Topology {
+    pub fn new(prefix: &str) -> Self {
+        Self::with_options(prefix, TopologyOptions::default())
+    }
+
+    pub fn with_options(prefix: &str, options: TopologyOptions) -> Self {
+        let name = |base: &str| format!("{prefix}{base}");
+        Self {
+            request_exchange: name("guest-sessions"),
+            request_queue: name("guest-sessions.requests"),
+            crm_exchange: name("crm-sync"),
+            dead_letter_exchange: name("guest-sessions.dlx"),
+            dead_letter_queue: name("guest-sessions.dead"),
+            audit_exchange: name("guest-sessions.audit"),
+            audit_queue: name("guest-sessions.audit"),
+            options,
+        }
+    }
+
+    /// Declares every exchange, queue and binding. Safe to repeat: it is what a worker does on
+    /// every (re)connect. A queue that already exists with other arguments is an operator error
+    /// that the broker reports as PRECONDITION_FAILED.
+    pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let queue_opts = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .exchange_declare(
+                self.request_exchange.as_str().into(),
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                self.crm_exchange.as_str().into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                self.dead_letter_exchange.as_str().into(),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                self.audit_exchange.as_str().into(),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+
+        let mut request_args = quorum();
+        request_args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(LongString::from(self.dead_letter_exchange.as_str())),
+        );
+        request_args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(i64::from(self.options.delivery_limit)),
+        );
+        channel
+            .queue_declare(self.request_queue.as_str().into(), queue_opts, request_args)
+            .await?;
+        channel
+            .queue_declare(self.dead_letter_queue.as_str().into(), queue_opts, quorum())
+            .await?;
+        channel
+            .queue_declare(self.audit_queue.as_str().into(), queue_opts, quorum())
+            .await?;
+
+        let bind = |queue: &str, exchange: &str, key: &str| {
+            channel.queue_bind(
+                queue.into(),
+                exchange.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+        };
+        bind(&self.request_queue, &self.request_exchange, REQUEST_ROUTING_KEY).await?;
+        bind(&self.dead_letter_queue, &self.dead_letter_exchange, "").await?;
+        bind(&self.audit_queue, &self.audit_exchange, "").await?;
+        Ok(())
+    }
+
+    /// Removes everything [`Topology::declare`] created (tests clean up after themselves).
+    pub async fn delete(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        for queue in [&self.request_queue, &self.dead_letter_queue, &self.audit_queue] {
+            channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        for exchange in [
+            &self.request_exchange,
+            &self.crm_exchange,
+            &self.dead_letter_exchange,
+            &self.audit_exchange,
+        ] {
+            channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn quorum() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Topology;
+
+    #[test]
+    fn every_name_carries_the_prefix() {
+        let t = Topology::new("t1.");
+        for name in [
+            &t.request_exchange,
+            &t.request_queue,
+            &t.crm_exchange,
+            &t.dead_letter_exchange,
+            &t.dead_letter_queue,
+            &t.audit_exchange,
+            &t.audit_queue,
+        ] {
+            assert!(name.starts_with("t1."), "{name}");
+        }
+        assert_eq!(Topology::new("").request_queue, "guest-sessions.requests");
+    }
+}

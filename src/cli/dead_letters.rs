@@ -1,0 +1,179 @@
+//! `dead-letters list` / `dead-letters replay`: what operators do with the dead queue.
+
+use anyhow::Context;
+use lapin::{
+    BasicProperties, Channel,
+    message::BasicGetMessage,
+    options::{BasicAckOptions, BasicGetOptions, BasicNackOptions},
+};
+
+use crate::{
+    amqp::{AmqpArgs, Outgoing, Publisher, Topology, connect, headers, topology::REQUEST_ROUTING_KEY},
+    pipeline::dead_letter::{self, strip_for_replay},
+};
+
+#[derive(clap::Subcommand)]
+pub enum DeadLettersCommand {
+    /// Show dead letters (they stay in the queue).
+    List(ListArgs),
+    /// Re-queue dead letters to the request exchange; each leaves the dead queue only after the
+    /// broker confirmed its re-publication.
+    Replay(ReplayArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    /// Only this reason (`x-error-kind`, or `delivery_limit` for poison messages the broker dead-lettered).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// At most this many messages are read.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+}
+
+#[derive(clap::Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// At most this many messages are replayed.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+pub async fn run(command: DeadLettersCommand) -> anyhow::Result<()> {
+    match command {
+        DeadLettersCommand::List(args) => list(args).await,
+        DeadLettersCommand::Replay(args) => replay(args).await,
+    }
+}
+
+/// The reason a dead letter carries: the worker's header, else the broker's own dead-lettering.
+pub fn reason_of(properties: &BasicProperties) -> String {
+    let table = properties.headers().as_ref();
+    headers::get_str(table, dead_letter::KIND)
+        .or_else(|| headers::get_str(table, "x-first-death-reason"))
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+async fn list(args: ListArgs) -> anyhow::Result<()> {
+    let connection = connect(&args.amqp.url, "guest-session-worker dead-letters").await?;
+    let topology = Topology::new(&args.amqp.name_prefix);
+    let channel = connection.create_channel().await?;
+    let mut shown = 0usize;
+    let mut read = 0usize;
+    println!(
+        "{:<38} {:<18} {:<25} {:<8} detail",
+        "request / message id", "reason", "failed at", "attempts"
+    );
+    // Messages are held unacked while reading so each is seen once; closing the channel puts
+    // them all back.
+    while read < args.limit {
+        let Some(message) = get(&channel, &topology).await? else {
+            break;
+        };
+        read += 1;
+        let reason = reason_of(&message.delivery.properties);
+        if args.reason.as_deref().is_some_and(|r| r != reason) {
+            continue;
+        }
+        shown += 1;
+        let table = message.delivery.properties.headers().as_ref();
+        let id = message
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<38} {:<18} {:<25} {:<8} {}{}",
+            id,
+            reason,
+            headers::get_str(table, dead_letter::FAILED_AT).unwrap_or_else(|| "-".into()),
+            headers::get_str(table, dead_letter::ATTEMPTS).unwrap_or_else(|| "-".into()),
+            headers::get_str(table, dead_letter::DETAIL).unwrap_or_default(),
+            headers::get_str(table, dead_letter::CONTEXT_ID)
+                .map(|c| format!(" (Genesys contextId {c})"))
+                .unwrap_or_default(),
+        );
+    }
+    let _ = channel.close(200, "listed".into()).await;
+    let _ = connection.close(200, "done".into()).await;
+    println!("{shown} shown of {read} read from '{}'", topology.dead_letter_queue);
+    Ok(())
+}
+
+async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let connection = connect(&args.amqp.url, "guest-session-worker dead-letters").await?;
+    let topology = Topology::new(&args.amqp.name_prefix);
+    let channel = connection.create_channel().await?;
+    let publisher = Publisher::open(&connection, 1).await?;
+    let limit = args.limit.unwrap_or(usize::MAX);
+    let mut replayed = 0usize;
+    let mut skipped = Vec::new();
+    while replayed < limit {
+        let Some(message) = get(&channel, &topology).await? else {
+            break;
+        };
+        let delivery = message.delivery;
+        if args
+            .reason
+            .as_deref()
+            .is_some_and(|r| r != reason_of(&delivery.properties))
+        {
+            skipped.push(delivery.delivery_tag);
+            continue;
+        }
+        let properties = delivery
+            .properties
+            .clone()
+            .with_headers(strip_for_replay(delivery.properties.headers().as_ref()));
+        let outgoing = Outgoing {
+            exchange: topology.request_exchange.clone(),
+            routing_key: REQUEST_ROUTING_KEY.to_string(),
+            payload: delivery.data.clone(),
+            properties,
+            mandatory: true,
+        };
+        publisher
+            .publish(outgoing)
+            .await
+            .context("re-publishing a dead letter failed; it stays in the dead queue")?;
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        replayed += 1;
+    }
+    for tag in skipped {
+        channel
+            .basic_nack(
+                tag,
+                BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                },
+            )
+            .await?;
+    }
+    let _ = channel.close(200, "replayed".into()).await;
+    let _ = connection.close(200, "done".into()).await;
+    println!("replayed {replayed} dead letter(s) to '{}'", topology.request_exchange);
+    Ok(())
+}
+
+async fn get(channel: &Channel, topology: &Topology) -> anyhow::Result<Option<BasicGetMessage>> {
+    channel
+        .basic_get(
+            topology.dead_letter_queue.as_str().into(),
+            BasicGetOptions { no_ack: false },
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "cannot read the dead-letter queue '{}' (has a worker declared it?)",
+                topology.dead_letter_queue
+            )
+        })
+}

@@ -1,0 +1,248 @@
+//! `demo`: the quick start. An embedded Genesys simulator and a worker on `AMQP_URL`, a sample
+//! batch of valid and invalid requests, and a summary of what happened to each.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use lapin::{
+    Channel,
+    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use secrecy::SecretString;
+
+use super::sample;
+use crate::{
+    amqp::{AmqpArgs, Publisher, Topology, connect, request_message, topology::EVENT_ROUTING_KEY},
+    genesys::{GenesysClient, GenesysConfig},
+    health::Readiness,
+    metrics::Metrics,
+    pipeline::{Worker, WorkerSettings, dead_letter, event::SessionCreatedEvent},
+    request::ValidationPolicy,
+    sim::{self, SimConfig},
+    telemetry::{LogFormat, Telemetry},
+};
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    /// Exit after the batch instead of running until Ctrl-C.
+    #[arg(long)]
+    pub once: bool,
+    /// How many valid requests the batch holds (one invalid request of each kind is added).
+    #[arg(long, default_value_t = 20)]
+    pub valid: usize,
+    /// Simulated Genesys latency per call.
+    #[arg(long, default_value_t = 20)]
+    pub sim_latency_ms: u64,
+}
+
+pub async fn run(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {
+    let telemetry = Telemetry::init(log_format, "warn")?;
+    let result = demo(args).await;
+    telemetry.shutdown();
+    result
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let prefix = if args.amqp.name_prefix.is_empty() {
+        "demo.".to_string()
+    } else {
+        args.amqp.name_prefix.clone()
+    };
+    let topology = Topology::new(&prefix);
+
+    let sim_config = SimConfig {
+        latency_ms: args.sim_latency_ms,
+        ..SimConfig::for_tests()
+    };
+    let simulator = sim::spawn(sim_config.clone())
+        .await
+        .context("cannot start the embedded Genesys simulator")?;
+    let genesys = GenesysClient::new(GenesysConfig::for_simulator(
+        &simulator.base_url(),
+        &sim_config.client_id,
+        &sim_config.client_secret,
+        &sim_config.integration_id,
+    ))?;
+
+    let settings = WorkerSettings {
+        amqp_url: args.amqp.url.clone(),
+        topology: topology.clone(),
+        concurrency: 64,
+        publisher_lanes: 2,
+        shutdown_grace: Duration::from_secs(10),
+        policy: ValidationPolicy::default(),
+        // A throwaway key: demo pseudonyms are not meant to be compared with anything.
+        audit_key: SecretString::from(uuid::Uuid::new_v4().to_string()),
+    };
+    let worker = Worker::start(settings, genesys, Metrics::new(), Readiness::default()).await?;
+
+    // Watch the outcomes through our own temporary queues, as a CRM consumer and an operator would.
+    let connection = connect(&args.amqp.url, "guest-session-worker demo").await?;
+    let channel = connection.create_channel().await?;
+    let events = watch(&channel, &topology.crm_exchange, EVENT_ROUTING_KEY).await?;
+    let dead = watch(&channel, &topology.dead_letter_exchange, "").await?;
+
+    let mut batch: Vec<(String, Vec<u8>)> = (0..args.valid)
+        .map(|i| {
+            (
+                "created".to_string(),
+                serde_json::to_vec(&sample::valid(i)).unwrap_or_default(),
+            )
+        })
+        .collect();
+    batch.extend(
+        sample::invalid_batch()
+            .into_iter()
+            .map(|(reason, body)| (reason.to_string(), body)),
+    );
+    let total = batch.len();
+    println!(
+        "guest-session-worker demo: {total} requests ({} valid, {} invalid) → exchange '{}'; Genesys simulator at {}",
+        args.valid,
+        total - args.valid,
+        topology.request_exchange,
+        simulator.base_url()
+    );
+
+    let publisher = Publisher::open(&connection, 1).await?;
+    let mut published_at: HashMap<String, Instant> = HashMap::new();
+    let mut expected: HashMap<String, String> = HashMap::new();
+    for (expect, body) in batch {
+        let message = request_message(&topology, body, FieldTable::default());
+        let id = message
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_default();
+        published_at.insert(id.clone(), Instant::now());
+        expected.insert(id, expect);
+        publisher.publish(message).await?;
+    }
+
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut latencies: Vec<Duration> = Vec::new();
+    let mut mismatches = 0usize;
+    let (mut events, mut dead) = (events, dead);
+    let deadline = tokio::time::sleep(Duration::from_secs(60));
+    tokio::pin!(deadline);
+    let mut seen = 0usize;
+    while seen < total {
+        let (id, outcome) = tokio::select! {
+            _ = &mut deadline => break,
+            Some(Ok(delivery)) = events.next() => {
+                let _ = delivery.acker.ack(Default::default()).await;
+                let event: Option<SessionCreatedEvent> = serde_json::from_slice(&delivery.data).ok();
+                (event.map(|e| e.request_id).unwrap_or_default(), "created".to_string())
+            }
+            Some(Ok(delivery)) = dead.next() => {
+                let _ = delivery.acker.ack(Default::default()).await;
+                let id = delivery.properties.message_id().as_ref().map(|m| m.to_string()).unwrap_or_default();
+                let reason = crate::amqp::headers::get_str(delivery.properties.headers().as_ref(), dead_letter::KIND).unwrap_or_else(|| "unknown".into());
+                (id, reason)
+            }
+        };
+        let Some(start) = published_at.remove(&id) else {
+            continue;
+        };
+        seen += 1;
+        latencies.push(start.elapsed());
+        if expected.get(&id) != Some(&outcome) {
+            mismatches += 1;
+        }
+        *outcomes.entry(outcome).or_default() += 1;
+    }
+
+    print_summary(&outcomes, &mut latencies, total, seen, &simulator.stats());
+    let _ = connection.close(200, "demo done".into()).await;
+    if !args.once {
+        println!(
+            "\nThe worker keeps running (Ctrl-C to stop). Enqueue more with:\n  AMQP_NAME_PREFIX={prefix} cargo run -- enqueue --sample 100\nList dead letters with:\n  AMQP_NAME_PREFIX={prefix} cargo run -- dead-letters list"
+        );
+        super::shutdown_signal().await;
+    }
+    worker.shutdown().await;
+    simulator.shutdown().await;
+    anyhow::ensure!(
+        seen == total,
+        "only {seen} of {total} requests reached an outcome within 60 s"
+    );
+    anyhow::ensure!(
+        mismatches == 0,
+        "{mismatches} request(s) ended with an unexpected outcome"
+    );
+    Ok(())
+}
+
+/// An exclusive, auto-deleted queue bound to `exchange`, consumed with auto-ack off.
+async fn watch(channel: &Channel, exchange: &str, routing_key: &str) -> anyhow::Result<lapin::Consumer> {
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?)
+}
+
+fn print_summary(
+    outcomes: &BTreeMap<String, usize>,
+    latencies: &mut [Duration],
+    total: usize,
+    seen: usize,
+    stats: &sim::SimStats,
+) {
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1))
+            .map_or(0, |d| d.as_millis())
+    };
+    let created = outcomes.get("created").copied().unwrap_or(0);
+    println!("\n{:<28} {:>6}", "outcome", "count");
+    println!("{:<28} {:>6}", "created (session.created)", created);
+    println!("{:<28} {:>6}", "dead-lettered", seen - created);
+    for (reason, count) in outcomes.iter().filter(|(r, _)| r.as_str() != "created") {
+        println!("  {reason:<26} {count:>6}");
+    }
+    if seen < total {
+        println!("{:<28} {:>6}", "no outcome yet", total - seen);
+    }
+    println!(
+        "\nlatency, request published → outcome received: p50 {} ms, p99 {} ms",
+        pct(0.50),
+        pct(0.99)
+    );
+    println!(
+        "Genesys simulator: {} token request(s), {} API call(s), {} session(s) created, {} duplicate(s), {} rate-limited",
+        stats.token_requests, stats.api_requests, stats.sessions_created, stats.duplicates, stats.rate_limited
+    );
+}

@@ -1,0 +1,59 @@
+//! `run`: the production worker.
+
+use anyhow::Context;
+
+use crate::{
+    amqp::AmqpArgs,
+    config::WorkerArgs,
+    genesys::{GenesysArgs, GenesysClient},
+    health::{self, Readiness},
+    metrics::Metrics,
+    pipeline::Worker,
+    telemetry::{LogFormat, Telemetry},
+};
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    #[command(flatten)]
+    pub genesys: GenesysArgs,
+}
+
+pub async fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
+    let telemetry = Telemetry::init(log_format, "info")?;
+    let result = serve(args).await;
+    telemetry.shutdown();
+    result
+}
+
+async fn serve(args: RunArgs) -> anyhow::Result<()> {
+    let settings = args.worker.settings(&args.amqp)?;
+    let genesys_config = args.genesys.into_config().context("invalid Genesys configuration")?;
+    let genesys = GenesysClient::new(genesys_config).context("cannot build the Genesys client")?;
+    let metrics = Metrics::new();
+    let readiness = Readiness::default();
+    let health_cancel = tokio_util::sync::CancellationToken::new();
+    let health_addr = health::serve(
+        args.worker.health_addr,
+        readiness.clone(),
+        metrics.clone(),
+        health_cancel.clone(),
+    )
+    .await?;
+    tracing::info!(%health_addr, queue = %settings.topology.request_queue, concurrency = settings.concurrency, "starting worker");
+
+    let worker = Worker::start(settings, genesys, metrics, readiness).await?;
+    let cancel = worker.cancel_token();
+    tokio::spawn(async move {
+        super::shutdown_signal().await;
+        tracing::info!("shutdown requested; finishing in-flight requests");
+        cancel.cancel();
+    });
+    worker.wait().await;
+    health_cancel.cancel();
+    tracing::info!("worker exited cleanly");
+    Ok(())
+}

@@ -1,0 +1,406 @@
+//! [`GenesysClient`]: one pooled HTTP client, one token provider and one pacer shared by every
+//! concurrent [`GenesysClient::create_session`] call.
+//!
+//! One creation is: (pacer slot → token → `POST`) attempts, classified and retried by
+//! [`super::retry`] until created, rejected, or the retry budget is spent.
+//!
+//! Tracing: `genesys.create_session` around the whole call, one `genesys.attempt` child per HTTP
+//! attempt (OpenTelemetry HTTP-client attributes), `genesys.token` around a token fetch. Span fields
+//! carry the request id, statuses and Genesys ids, never a guest id, name, attribute value or token.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use tokio::time::Instant;
+use tracing::{Instrument, field};
+
+use super::auth::{AccessToken, TokenProvider};
+use super::config::{GenesysConfig, GenesysConfigError, SessionApiKind};
+use super::error::{CreateError, GenesysErrorBody, StatusClass, classify_status, correlation_id, retry_after};
+use super::pacer::Pacer;
+use super::retry::{AttemptError, Failure, RetryPolicy};
+use super::{guest_chat, open_messaging};
+use crate::request::ValidatedRequest;
+
+/// A created Genesys session.
+#[derive(Debug, Clone)]
+pub struct CreatedSession {
+    pub api: SessionApiKind,
+    pub conversation_id: String,
+    /// Open Messaging: the `id` of the inbound message Genesys stored.
+    pub message_id: Option<String>,
+    /// Guest Chat: the guest's member id.
+    pub member_id: Option<String>,
+    /// Guest Chat: where the guest's client reads events.
+    pub event_stream_uri: Option<String>,
+    /// Guest Chat only: the guest's credential. Send it only to `reply_to`; never log it.
+    pub guest_jwt: Option<SecretString>,
+    /// HTTP attempts it took (1 when the first one worked).
+    pub attempts: u32,
+}
+
+/// The Genesys Cloud client. Cheap to clone; clones share the connection pool, token and pacer.
+#[derive(Clone)]
+pub struct GenesysClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: GenesysConfig,
+    http: reqwest::Client,
+    /// Open Messaging only (Guest Chat uses no OAuth).
+    tokens: Option<Arc<TokenProvider>>,
+    pacer: Pacer,
+    policy: RetryPolicy,
+    session_url: reqwest::Url,
+    server_address: String,
+    server_port: Option<u16>,
+}
+
+/// One creation in progress: what its attempts share.
+struct Call<'a> {
+    request: &'a ValidatedRequest,
+    deadline: Instant,
+    attempts: AtomicU32,
+    reauthenticated: AtomicBool,
+}
+
+impl GenesysClient {
+    /// Builds the HTTP client (rustls, pooled, connect timeout and request timeout from `config`)
+    /// and checks the configuration.
+    pub fn new(config: GenesysConfig) -> Result<Self, GenesysConfigError> {
+        config.validate()?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            // A redirected POST would silently become a GET: treat 3xx as a rejection instead.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(GenesysConfigError::HttpClient)?;
+        let invalid_url = |reason: String| GenesysConfigError::Invalid {
+            var: "GENESYS_API_URL",
+            reason,
+        };
+        let session_url = match config.session_api {
+            SessionApiKind::OpenMessaging => open_messaging::url(
+                &config.api_base_url,
+                config.integration_id.as_deref().unwrap_or_default(),
+            ),
+            SessionApiKind::GuestChat => guest_chat::url(&config.api_base_url),
+        }
+        .map_err(invalid_url)?;
+        let tokens = (config.session_api == SessionApiKind::OpenMessaging).then(|| {
+            TokenProvider::new(
+                http.clone(),
+                &config.login_base_url,
+                config.client_id.clone(),
+                config.client_secret.clone(),
+            )
+        });
+        let policy = RetryPolicy {
+            initial_backoff: config.initial_backoff,
+            max_backoff: config.max_backoff,
+            budget: config.retry_budget,
+            max_retry_after: config.max_retry_after,
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                server_address: session_url.host_str().unwrap_or_default().to_string(),
+                server_port: session_url.port_or_known_default(),
+                pacer: Pacer::new(config.rate_limit_per_minute, config.max_retry_after),
+                http,
+                tokens,
+                policy,
+                session_url,
+                config,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &GenesysConfig {
+        &self.inner.config
+    }
+
+    pub fn session_api(&self) -> SessionApiKind {
+        self.inner.config.session_api
+    }
+
+    /// The shared pacer (its snapshot is useful for metrics).
+    pub fn pacer(&self) -> &Pacer {
+        &self.inner.pacer
+    }
+
+    /// Creates a Genesys session for `request` with the configured API, retrying transient
+    /// failures within the retry budget.
+    pub async fn create_session(&self, request: &ValidatedRequest) -> Result<CreatedSession, CreateError> {
+        let api = self.session_api();
+        let span = tracing::info_span!(
+            "genesys.create_session",
+            request_id = request.request_id(),
+            genesys.session_api = api.as_str(),
+            genesys.attempts = field::Empty,
+            genesys.conversation_id = field::Empty,
+            genesys.context_id = field::Empty,
+            error.type = field::Empty,
+        );
+        async {
+            let started = Instant::now();
+            let call = Call {
+                request,
+                deadline: started + self.inner.config.retry_budget,
+                attempts: AtomicU32::new(0),
+                reauthenticated: AtomicBool::new(false),
+            };
+            let result = self
+                .inner
+                .policy
+                .run(started, &call.attempts, || self.attempt(&call))
+                .await;
+            let span = tracing::Span::current();
+            match &result {
+                Ok(created) => {
+                    span.record("genesys.attempts", created.attempts);
+                    span.record("genesys.conversation_id", created.conversation_id.as_str());
+                    tracing::debug!(
+                        attempts = created.attempts,
+                        elapsed_ms = elapsed_ms(started),
+                        "genesys session created"
+                    );
+                }
+                Err(error) => {
+                    span.record("genesys.attempts", error.attempts());
+                    span.record("error.type", error.kind());
+                    if let Some(id) = error.context_id() {
+                        span.record("genesys.context_id", id);
+                    }
+                    tracing::warn!(
+                        kind = error.kind(),
+                        status = error.status(),
+                        attempts = error.attempts(),
+                        context_id = error.context_id(),
+                        elapsed_ms = elapsed_ms(started),
+                        "genesys session not created"
+                    );
+                }
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// One attempt: a pacer slot, a token (Open Messaging), the POST, its classification.
+    async fn attempt(&self, call: &Call<'_>) -> Result<CreatedSession, AttemptError> {
+        let inner = &*self.inner;
+        if tokio::time::timeout_at(call.deadline, inner.pacer.acquire())
+            .await
+            .is_err()
+        {
+            return Err(AttemptError {
+                failure: Failure::BudgetSpent,
+                status: None,
+                code: None,
+                message: "the retry budget ran out while waiting for a Genesys rate-limit slot".to_string(),
+                context_id: None,
+                retry_after: None,
+            });
+        }
+        let index = call.attempts.fetch_add(1, Ordering::Relaxed);
+        let token = match &inner.tokens {
+            Some(tokens) => Some(tokens.token().await.map_err(|e| AttemptError {
+                failure: Failure::Transient,
+                status: e.status,
+                code: None,
+                message: e.message,
+                context_id: e.context_id,
+                retry_after: e.retry_after,
+            })?),
+            None => None,
+        };
+        let remaining = call.deadline.saturating_duration_since(Instant::now());
+        let timeout = inner.config.request_timeout.min(remaining.max(Duration::from_secs(1)));
+        let builder = inner.http.post(inner.session_url.clone()).timeout(timeout);
+        let builder = match (&token, inner.config.session_api) {
+            (Some(token), SessionApiKind::OpenMessaging) => {
+                let body = open_messaging::body(call.request, &inner.config.initial_message, chrono::Utc::now());
+                builder.bearer_auth(token.secret().expose_secret()).json(&body)
+            }
+            _ => builder.json(&guest_chat::body(
+                call.request,
+                inner.config.organization_id.as_deref().unwrap_or_default(),
+                inner.config.deployment_id.as_deref().unwrap_or_default(),
+                inner.config.default_queue.as_deref().unwrap_or_default(),
+            )),
+        };
+
+        let span = tracing::info_span!(
+            "genesys.attempt",
+            otel.name = "POST",
+            otel.kind = "client",
+            http.request.method = "POST",
+            server.address = %inner.server_address,
+            server.port = inner.server_port,
+            http.request.resend_count = index,
+            http.response.status_code = field::Empty,
+            error.type = field::Empty,
+        );
+        let result = async {
+            let response = builder.send().await.map_err(|e| {
+                AttemptError::transient(None, format!("request failed: {}", describe_transport_error(&e)))
+            })?;
+            let status = response.status().as_u16();
+            tracing::Span::current().record("http.response.status_code", status);
+            let headers = response.headers().clone();
+            inner.pacer.on_response(status, &headers);
+            let body = response.bytes().await.map_err(|e| {
+                AttemptError::transient(
+                    Some(status),
+                    format!(
+                        "reading the HTTP {status} response failed: {}",
+                        describe_transport_error(&e)
+                    ),
+                )
+            })?;
+            tracing::debug!(status, attempt = index, "genesys answered");
+            self.interpret(call, token.as_ref(), status, &headers, &body, index + 1)
+                .await
+        }
+        .instrument(span.clone())
+        .await;
+        if let Err(error) = &result {
+            let kind = error.status.map_or_else(|| "transport".to_string(), |s| s.to_string());
+            span.record("error.type", kind.as_str());
+        }
+        result
+    }
+
+    async fn interpret(
+        &self,
+        call: &Call<'_>,
+        token: Option<&AccessToken>,
+        status: u16,
+        headers: &reqwest::header::HeaderMap,
+        body: &[u8],
+        attempts: u32,
+    ) -> Result<CreatedSession, AttemptError> {
+        let api = self.session_api();
+        let class = classify_status(status);
+        if class == StatusClass::Created {
+            let created = match api {
+                SessionApiKind::OpenMessaging => open_messaging::parse_response(body).map(|c| CreatedSession {
+                    api,
+                    conversation_id: c.conversation_id,
+                    message_id: c.message_id,
+                    member_id: None,
+                    event_stream_uri: None,
+                    guest_jwt: None,
+                    attempts,
+                }),
+                SessionApiKind::GuestChat => guest_chat::parse_response(body).map(|c| CreatedSession {
+                    api,
+                    conversation_id: c.conversation_id,
+                    message_id: None,
+                    member_id: c.member_id,
+                    event_stream_uri: c.event_stream_uri,
+                    guest_jwt: Some(c.jwt),
+                    attempts,
+                }),
+            };
+            return created.map_err(|problem| {
+                tracing::warn!(
+                    status,
+                    context_id = correlation_id(headers),
+                    "genesys {problem}; retrying"
+                );
+                AttemptError::transient(Some(status), format!("HTTP {status}: {problem}"))
+            });
+        }
+
+        let error = GenesysErrorBody::parse(body);
+        let context_id = error.context_id.clone().or_else(|| correlation_id(headers));
+        let code_suffix = error.code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default();
+        let failure = match class {
+            StatusClass::Unauthorized => match (token, &self.inner.tokens) {
+                (Some(token), Some(tokens)) if !call.reauthenticated.swap(true, Ordering::Relaxed) => {
+                    tokens.invalidate(token).await;
+                    Failure::Reauthenticate
+                }
+                _ => Failure::Permanent,
+            },
+            StatusClass::Transient => Failure::Transient,
+            StatusClass::Permanent | StatusClass::Created => Failure::Permanent,
+        };
+        let message = match failure {
+            // The dead letter's detail: Genesys's own words, else the status line.
+            Failure::Permanent => error.message.clone().unwrap_or_else(|| {
+                let reason = reqwest::StatusCode::from_u16(status)
+                    .ok()
+                    .and_then(|s| s.canonical_reason());
+                format!("HTTP {status}{}", reason.map(|r| format!(" {r}")).unwrap_or_default())
+            }),
+            _ => format!("HTTP {status}{code_suffix}"),
+        };
+        tracing::debug!(
+            status,
+            code = error.code.as_deref(),
+            context_id = context_id.as_deref(),
+            failure = ?failure,
+            "genesys attempt failed"
+        );
+        Err(AttemptError {
+            failure,
+            status: Some(status),
+            code: error.code,
+            message,
+            context_id,
+            retry_after: retry_after(headers),
+        })
+    }
+}
+
+fn elapsed_ms(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// "timed out" / "connection failed" plus the innermost cause, without the URL or any body.
+pub(crate) fn describe_transport_error(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else if error.is_body() || error.is_decode() {
+        "response body error"
+    } else {
+        "transport error"
+    };
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    if std::ptr::addr_eq(cause, error as &dyn std::error::Error) {
+        kind.to_string()
+    } else {
+        format!("{kind} ({cause})")
+    }
+}
+
+impl fmt::Debug for GenesysClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GenesysClient")
+            .field("config", &self.inner.config)
+            .field("session_url", &self.inner.session_url.as_str())
+            .field("pacer", &self.inner.pacer.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for GenesysClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GenesysClient({})", self.inner.config)
+    }
+}

@@ -1,0 +1,330 @@
+//! One delivery, top to bottom: decode and validate → create the session → publish the event, the
+//! audit record and the reply → tell the consumer whether to ack.
+
+use std::time::Instant;
+
+use chrono::Utc;
+use lapin::{BasicProperties, message::Delivery, types::ShortString};
+use tracing::{Instrument, info_span};
+
+use super::{
+    Disposition, Outcome,
+    dead_letter::{DeadLetterCause, dead_letter},
+    event::SessionCreatedEvent,
+    outcome::EVENT_UNROUTABLE,
+    reply::{Reply, ReplySession, reply_message},
+};
+use crate::{
+    amqp::{Outgoing, PublishError, Publisher, Topology, topology::EVENT_ROUTING_KEY},
+    audit::{AuditOutcome, AuditRecord, Pseudonymizer},
+    genesys::{CreateError, GenesysClient},
+    metrics::Metrics,
+    request::{Consent, RejectReason, Rejection, ValidatedRequest, ValidationPolicy, validate},
+    telemetry::propagation,
+};
+
+/// Everything a pipeline run needs; shared by all in-flight messages.
+pub struct PipelineContext {
+    pub topology: Topology,
+    pub policy: ValidationPolicy,
+    pub genesys: GenesysClient,
+    pub publisher: Publisher,
+    pub pseudonymizer: Pseudonymizer,
+    pub metrics: Metrics,
+}
+
+/// Processes one delivery and says what to do with it. Never panics on input.
+pub async fn process(ctx: &PipelineContext, delivery: &Delivery) -> Disposition {
+    let started = Instant::now();
+    let received_at = Utc::now();
+    let outcome_and_publish = match validate(&delivery.data, &ctx.policy) {
+        Err(rejection) => reject(ctx, delivery, rejection, started).await,
+        Ok(request) => create(ctx, delivery, &request, started, received_at).await,
+    };
+    match outcome_and_publish {
+        (outcome, Ok(())) => {
+            ctx.metrics.record_outcome(&outcome, started.elapsed());
+            Disposition::Ack(outcome)
+        }
+        (_, Err(error)) => {
+            tracing::warn!(error = %error, "publishing for a request failed; it will be redelivered");
+            Disposition::Requeue {
+                cause: error.to_string(),
+            }
+        }
+    }
+}
+
+async fn reject(
+    ctx: &PipelineContext,
+    delivery: &Delivery,
+    rejection: Rejection,
+    started: Instant,
+) -> (Outcome, Result<(), PublishError>) {
+    let validate_span = info_span!("validate", outcome = "rejected", reason = rejection.reason.as_str());
+    validate_span.in_scope(|| {
+        tracing::info!(reason = rejection.reason.as_str(), detail = %rejection.detail, "request rejected");
+    });
+    let outcome = Outcome::Rejected {
+        reason: rejection.reason,
+    };
+    let request_id = rejection
+        .request_id
+        .clone()
+        .or_else(|| delivery.properties.message_id().as_ref().map(|m| m.to_string()));
+    let cause = DeadLetterCause {
+        kind: rejection.reason.as_str(),
+        detail: &rejection.detail,
+        attempts: 0,
+        context_id: None,
+    };
+    let audit = AuditRecord {
+        request_id: request_id.clone(),
+        guest_ref: rejection.guest_id.as_deref().map(|g| ctx.pseudonymizer.guest_ref(g)),
+        outcome: AuditOutcome::Rejected,
+        reason: Some(rejection.reason.as_str().to_string()),
+        validation_passed: false,
+        pii_blocked: rejection.reason == RejectReason::PiiBlocked,
+        ..audit_base(rejection.consent, started)
+    };
+    let reply = Reply {
+        request_id: request_id.as_deref(),
+        outcome: "rejected",
+        reason: Some(rejection.reason.as_str()),
+        detail: Some(&rejection.detail),
+        session: None,
+    };
+    let result = dead_letter_publish(ctx, delivery, &cause, audit, &reply).await;
+    (outcome, result)
+}
+
+async fn create(
+    ctx: &PipelineContext,
+    delivery: &Delivery,
+    request: &ValidatedRequest,
+    started: Instant,
+    received_at: chrono::DateTime<Utc>,
+) -> (Outcome, Result<(), PublishError>) {
+    info_span!("validate", outcome = "passed").in_scope(|| {});
+    match ctx.genesys.create_session(request).await {
+        Ok(session) => {
+            let latency_ms = started.elapsed().as_millis() as u64;
+            ctx.metrics.observe_creation(started.elapsed());
+            let outcome = Outcome::Created {
+                attempts: session.attempts,
+            };
+            let event = SessionCreatedEvent::new(request, &session, received_at, latency_ms);
+            let audit = AuditRecord {
+                request_id: Some(request.request_id().to_string()),
+                guest_ref: Some(ctx.pseudonymizer.guest_ref(request.guest_id())),
+                outcome: AuditOutcome::Created,
+                reason: None,
+                attempts: session.attempts,
+                routing_success: true,
+                validation_passed: true,
+                ..audit_base(Some(request.consent()), started)
+            };
+            let reply = Reply {
+                request_id: Some(request.request_id()),
+                outcome: "created",
+                reason: None,
+                detail: None,
+                session: Some(ReplySession::from_created(&session)),
+            };
+            let mut messages = vec![event_message(ctx, request, &event), audit_message(ctx, &audit)];
+            messages.extend(reply_to(delivery, &reply));
+            let publish_span = publish_span(&ctx.topology.crm_exchange, EVENT_ROUTING_KEY, &event.event_id);
+            match ctx.publisher.publish_all(messages).instrument(publish_span).await {
+                Ok(()) => {
+                    log_audit(&audit);
+                    (outcome, Ok(()))
+                }
+                // The session exists but nobody can hear about it: park the request where an
+                // operator sees it; a replay finds the same conversation (same messageId).
+                Err(error) if error.is_unroutable() => {
+                    let detail = error.to_string();
+                    let cause = DeadLetterCause {
+                        kind: EVENT_UNROUTABLE,
+                        detail: &detail,
+                        attempts: session.attempts,
+                        context_id: None,
+                    };
+                    let audit = AuditRecord {
+                        outcome: AuditOutcome::Failed,
+                        reason: Some(EVENT_UNROUTABLE.into()),
+                        routing_success: false,
+                        ..audit
+                    };
+                    let failed_reply = Reply {
+                        request_id: Some(request.request_id()),
+                        outcome: "failed",
+                        reason: Some(EVENT_UNROUTABLE),
+                        detail: Some(&detail),
+                        session: None,
+                    };
+                    let result = dead_letter_publish(ctx, delivery, &cause, audit, &failed_reply).await;
+                    (
+                        Outcome::Failed {
+                            reason: EVENT_UNROUTABLE,
+                            attempts: session.attempts,
+                        },
+                        result,
+                    )
+                }
+                Err(error) => (outcome, Err(error)),
+            }
+        }
+        Err(error) => {
+            let reason = match &error {
+                CreateError::Rejected { .. } => super::outcome::GENESYS_REJECTED,
+                CreateError::RetriesExhausted { .. } => super::outcome::RETRIES_EXHAUSTED,
+            };
+            tracing::warn!(reason, attempts = error.attempts(), context_id = error.context_id(), error = %error, "session creation failed");
+            let detail = error.to_string();
+            let cause = DeadLetterCause {
+                kind: reason,
+                detail: &detail,
+                attempts: error.attempts(),
+                context_id: error.context_id(),
+            };
+            let audit = AuditRecord {
+                request_id: Some(request.request_id().to_string()),
+                guest_ref: Some(ctx.pseudonymizer.guest_ref(request.guest_id())),
+                outcome: AuditOutcome::Failed,
+                reason: Some(reason.to_string()),
+                attempts: error.attempts(),
+                validation_passed: true,
+                ..audit_base(Some(request.consent()), started)
+            };
+            let reply = Reply {
+                request_id: Some(request.request_id()),
+                outcome: "failed",
+                reason: Some(reason),
+                detail: Some(&detail),
+                session: None,
+            };
+            let result = dead_letter_publish(ctx, delivery, &cause, audit, &reply).await;
+            (
+                Outcome::Failed {
+                    reason,
+                    attempts: error.attempts(),
+                },
+                result,
+            )
+        }
+    }
+}
+
+/// Dead letter + audit + optional reply, all confirmed before the caller acks.
+async fn dead_letter_publish(
+    ctx: &PipelineContext,
+    delivery: &Delivery,
+    cause: &DeadLetterCause<'_>,
+    audit: AuditRecord,
+    reply: &Reply<'_>,
+) -> Result<(), PublishError> {
+    let span = publish_span(&ctx.topology.dead_letter_exchange, delivery.routing_key.as_str(), "");
+    let result = async {
+        let dead = dead_letter(&ctx.topology.dead_letter_exchange, delivery, cause);
+        let mut messages = vec![dead, audit_message(ctx, &audit)];
+        messages.extend(reply_to(delivery, reply));
+        ctx.publisher.publish_all(messages).await
+    }
+    .instrument(span)
+    .await;
+    if result.is_ok() {
+        log_audit(&audit);
+    }
+    result
+}
+
+fn publish_span(exchange: &str, routing_key: &str, message_id: &str) -> tracing::Span {
+    info_span!(
+        "publish",
+        otel.kind = "producer",
+        otel.name = format!("publish {exchange}"),
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "send",
+        messaging.destination.name = exchange,
+        messaging.rabbitmq.destination.routing_key = routing_key,
+        messaging.message.id = message_id,
+    )
+}
+
+fn audit_base(consent: Option<Consent>, started: Instant) -> AuditRecord {
+    let consent_given = consent.map(|c| c.data_processing);
+    AuditRecord {
+        timestamp: AuditRecord::timestamp(Utc::now()),
+        request_id: None,
+        guest_ref: None,
+        outcome: AuditOutcome::Rejected,
+        reason: None,
+        latency_ms: started.elapsed().as_millis() as u64,
+        attempts: 0,
+        routing_success: false,
+        validation_passed: false,
+        consent_data_processing: consent_given,
+        consent_marketing: consent.map(|c| c.marketing),
+        pii_blocked: false,
+        privacy_compliant: consent_given == Some(true),
+        trace_id: propagation::current_trace_id(),
+    }
+}
+
+fn log_audit(audit: &AuditRecord) {
+    tracing::info!(target: "audit", record = %serde_json::to_string(audit).unwrap_or_default(), "audit");
+}
+
+fn json_properties(message_id: String, correlation_id: Option<&str>) -> BasicProperties {
+    let headers = propagation::current_headers();
+    let mut properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_timestamp(Utc::now().timestamp() as u64)
+        .with_message_id(message_id.into())
+        .with_headers(headers);
+    if let Some(id) = correlation_id.and_then(crate::amqp::headers::short) {
+        properties = properties.with_correlation_id(id);
+    }
+    properties
+}
+
+fn event_message(ctx: &PipelineContext, request: &ValidatedRequest, event: &SessionCreatedEvent) -> Outgoing {
+    Outgoing {
+        exchange: ctx.topology.crm_exchange.clone(),
+        routing_key: EVENT_ROUTING_KEY.to_string(),
+        payload: serde_json::to_vec(event).unwrap_or_default(),
+        properties: json_properties(event.event_id.clone(), Some(request.request_id()))
+            .with_type(super::event::EVENT_TYPE.into()),
+        mandatory: true,
+    }
+}
+
+fn audit_message(ctx: &PipelineContext, audit: &AuditRecord) -> Outgoing {
+    Outgoing {
+        exchange: ctx.topology.audit_exchange.clone(),
+        routing_key: String::new(),
+        payload: serde_json::to_vec(audit).unwrap_or_default(),
+        properties: json_properties(uuid::Uuid::new_v4().to_string(), audit.request_id.as_deref()),
+        mandatory: false,
+    }
+}
+
+fn reply_to(delivery: &Delivery, reply: &Reply<'_>) -> Option<Outgoing> {
+    let reply_to: &ShortString = delivery
+        .properties
+        .reply_to()
+        .as_ref()
+        .filter(|r| !r.as_str().is_empty())?;
+    let correlation_id = delivery
+        .properties
+        .correlation_id()
+        .clone()
+        .or_else(|| reply.request_id.and_then(crate::amqp::headers::short));
+    Some(reply_message(
+        reply_to,
+        correlation_id,
+        reply,
+        propagation::current_headers(),
+    ))
+}

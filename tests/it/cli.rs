@@ -1,0 +1,83 @@
+//! The command line as a new user meets it.
+
+use std::process::Output;
+
+use guest_session_worker::amqp::{Topology, connect};
+
+use crate::helpers::{amqp_url, unique_prefix};
+
+async fn cli(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_guest-session-worker"));
+    command
+        .args(args)
+        .env_remove("AMQP_NAME_PREFIX")
+        .env("LOG_FORMAT", "pretty");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().await.expect("the binary runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_once_exits_zero_and_prints_the_summary() {
+    let url = amqp_url().await;
+    let prefix = unique_prefix();
+    let output = cli(
+        &["demo", "--once", "--valid", "10"],
+        &[("AMQP_URL", &url), ("AMQP_NAME_PREFIX", &prefix)],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("created (session.created)"), "{stdout}");
+    assert!(
+        stdout.contains("pii_blocked") && stdout.contains("consent_missing"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("p50") && stdout.contains("p99"), "{stdout}");
+
+    let connection = connect(&url, "it-cleanup").await.expect("broker");
+    let channel = connection.create_channel().await.expect("channel");
+    Topology::new(&prefix)
+        .delete(&channel)
+        .await
+        .expect("demo topology removed");
+}
+
+#[tokio::test]
+async fn run_with_an_unreachable_broker_explains_itself_and_exits_non_zero() {
+    let output = cli(
+        &["run"],
+        &[
+            ("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f"),
+            ("AUDIT_HMAC_KEY", "k"),
+            ("GENESYS_API_URL", "http://127.0.0.1:9"),
+            ("GENESYS_LOGIN_URL", "http://127.0.0.1:9"),
+            ("GENESYS_CLIENT_ID", "id"),
+            ("GENESYS_CLIENT_SECRET", "very-secret-value"),
+            ("GENESYS_INTEGRATION_ID", "integration"),
+            ("HEALTH_ADDR", "127.0.0.1:0"),
+        ],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("AMQP_URL"), "{stderr}");
+    assert!(stderr.contains("rabbitmq-server"), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("very-secret-value") && !stderr.contains("guest:guest"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn run_without_an_audit_key_refuses_to_start() {
+    let output = cli(&["run"], &[("AUDIT_HMAC_KEY", ""), ("HEALTH_ADDR", "127.0.0.1:0")]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("AUDIT_HMAC_KEY"), "{stderr}");
+}

@@ -1,0 +1,368 @@
+//! The vertical slice: requests in, sessions created, events / dead letters / audit / replies out.
+
+use std::{collections::HashSet, time::Duration};
+
+use guest_session_worker::{
+    audit::AuditOutcome,
+    pipeline::{dead_letter, event::SessionCreatedEvent},
+    sim::Faults,
+};
+use lapin::{BasicProperties, options::QueueDeclareOptions, types::FieldTable};
+
+use crate::helpers::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_valid_requests_become_two_hundred_events_and_audit_records() {
+    let mut env = TestEnv::start().await;
+    let events_queue = env.bind_events().await;
+    let ids: Vec<String> = (0..200).map(|i| format!("req-{i:04}")).collect();
+    for id in &ids {
+        env.publish(body(&valid_request(id))).await;
+    }
+
+    let events = env.take(&events_queue, 200, WAIT).await;
+    let mut seen = HashSet::new();
+    for delivery in &events {
+        let event: SessionCreatedEvent = serde_json::from_slice(&delivery.data).expect("event is JSON of the contract");
+        assert_eq!(event.event_type, "session.created");
+        assert!(seen.insert(event.request_id.clone()), "one event per request");
+        assert_eq!(event.guest_id, format!("guest_{}", event.request_id));
+        assert_eq!(event.session.api, "open_messaging");
+        assert!(!event.session.conversation_id.is_empty());
+        assert!(event.session.message_id.is_some());
+        let routing = event.routing.as_ref().expect("routing echoed");
+        assert_eq!(routing.queue.as_deref(), Some("Web Support"));
+        assert_eq!(routing.skills, vec!["web_support".to_string()]);
+        assert_eq!(routing.language.as_deref(), Some("en"));
+        assert_eq!(routing.priority, Some(1));
+        assert_eq!(event.attributes.get("source"), Some(&serde_json::json!("web_portal")));
+        assert!(event.consent.data_processing && !event.consent.marketing);
+        assert!(chrono::DateTime::parse_from_rfc3339(&event.occurred_at).is_ok());
+        assert!(chrono::DateTime::parse_from_rfc3339(&event.consent.recorded_at).is_ok());
+        assert!(uuid::Uuid::parse_str(&event.event_id).is_ok());
+        assert_eq!(event.attempts, 1);
+        // Properties of DESIGN §4.
+        let p = &delivery.properties;
+        assert_eq!(p.delivery_mode(), &Some(2));
+        assert_eq!(p.content_type().as_ref().map(|c| c.as_str()), Some("application/json"));
+        assert_eq!(
+            p.message_id().as_ref().map(|m| m.to_string()),
+            Some(event.event_id.clone())
+        );
+        assert_eq!(
+            p.correlation_id().as_ref().map(|c| c.to_string()),
+            Some(event.request_id.clone())
+        );
+        assert_eq!(delivery.routing_key.as_str(), "session.created");
+    }
+    assert_eq!(seen, ids.iter().cloned().collect::<HashSet<_>>());
+
+    let audits = env.take(&env.topology.audit_queue.clone(), 200, WAIT).await;
+    for delivery in &audits {
+        let record: serde_json::Value = serde_json::from_slice(&delivery.data).expect("audit JSON");
+        assert_eq!(record["outcome"], serde_json::json!(AuditOutcome::Created));
+        assert_eq!(record["validation_passed"], true);
+        assert_eq!(record["routing_success"], true);
+        assert_eq!(record["guest_ref"].as_str().map(str::len), Some(64));
+    }
+
+    assert_eq!(
+        env.message_count(&env.topology.request_queue).await,
+        0,
+        "request queue drained"
+    );
+    env.stop_worker().await;
+    // Nothing was left unacked: after the worker's channel closed, nothing came back.
+    assert_eq!(
+        env.message_count(&env.topology.request_queue).await,
+        0,
+        "nothing unacked"
+    );
+    assert_eq!(env.message_count(&env.topology.dead_letter_queue).await, 0);
+    assert_eq!(env.sim.stats().sessions_created, 200);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_invalid_class_is_dead_lettered_once_with_its_reason_and_the_body_unchanged() {
+    let mut env = TestEnv::start().await;
+    let events_queue = env.bind_events().await;
+    let base = valid_request("bad-0");
+    let with = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = base.clone();
+        f(&mut v);
+        body(&v)
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("malformed", b"{\"request_id\": \"bad-1\", ".to_vec()),
+        (
+            "too_large",
+            with(&|v| v["initial_message"] = serde_json::json!("x".repeat(65 * 1024))),
+        ),
+        ("invalid", with(&|v| v["request_id"] = serde_json::json!("has spaces!"))),
+        ("invalid", with(&|v| v["guest_id"] = serde_json::json!(""))),
+        (
+            "invalid",
+            with(&|v| {
+                v["attributes"] =
+                    serde_json::Value::Object((0..101).map(|i| (format!("k{i}"), serde_json::json!("v"))).collect())
+            }),
+        ),
+        (
+            "pii_blocked",
+            with(&|v| v["attributes"]["E_Mail"] = serde_json::json!("ada@example.com")),
+        ),
+        (
+            "consent_missing",
+            with(&|v| v["consent"]["data_processing"] = serde_json::json!(false)),
+        ),
+        ("malformed", with(&|v| v["surprise"] = serde_json::json!(true))),
+    ];
+    for (i, (_, payload)) in cases.iter().enumerate() {
+        env.publish_with(payload.clone(), |p| p.with_message_id(format!("case-{i}").into()))
+            .await;
+    }
+    let dead = env
+        .take(&env.topology.dead_letter_queue.clone(), cases.len(), WAIT)
+        .await;
+    for delivery in &dead {
+        let id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .expect("original message_id kept")
+            .to_string();
+        let index: usize = id.trim_start_matches("case-").parse().expect("case index");
+        let (reason, payload) = &cases[index];
+        assert_eq!(
+            header(delivery, dead_letter::KIND).as_deref(),
+            Some(*reason),
+            "case {index}"
+        );
+        assert_eq!(&delivery.data, payload, "body byte-identical (case {index})");
+        let detail = header(delivery, dead_letter::DETAIL).expect("detail");
+        assert!(!detail.contains("ada@example.com"), "detail must not leak values");
+        assert_eq!(header(delivery, dead_letter::ATTEMPTS).as_deref(), Some("0"));
+        assert!(header(delivery, dead_letter::FAILED_AT).is_some());
+    }
+    let audits = env.take(&env.topology.audit_queue.clone(), cases.len(), WAIT).await;
+    for delivery in &audits {
+        let record: serde_json::Value = serde_json::from_slice(&delivery.data).expect("audit JSON");
+        assert_eq!(record["outcome"], "rejected");
+        assert_eq!(record["validation_passed"], false);
+        let text = String::from_utf8_lossy(&delivery.data);
+        assert!(
+            !text.contains("ada@example.com") && !text.contains("Ada") && !text.contains("guest_bad-0"),
+            "audit leaks: {text}"
+        );
+    }
+    env.assert_empty(&events_queue, Duration::from_millis(300)).await;
+    assert_eq!(env.sim.stats().api_requests, 0, "invalid requests never reach Genesys");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_genesys_400_is_dead_lettered_as_genesys_rejected_with_its_context_id() {
+    let mut env = TestEnv::start_with(EnvOptions {
+        start_worker: false,
+        ..Default::default()
+    })
+    .await;
+    let events_queue = env.bind_events().await;
+    env.sim.set_faults(Faults {
+        reject_status: Some(400),
+        ..Default::default()
+    });
+    env.start_worker().await;
+    env.publish(body(&valid_request("rejected-1"))).await;
+    let dead = env.take(&env.topology.dead_letter_queue.clone(), 1, WAIT).await;
+    assert_eq!(header(&dead[0], dead_letter::KIND).as_deref(), Some("genesys_rejected"));
+    let context_id = header(&dead[0], dead_letter::CONTEXT_ID).expect("x-genesys-context-id");
+    assert!(!context_id.is_empty());
+    assert_eq!(
+        header(&dead[0], dead_letter::ATTEMPTS).as_deref(),
+        Some("1"),
+        "a 400 is not retried"
+    );
+    env.assert_empty(&events_queue, Duration::from_millis(200)).await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_second_genesys_outage_delays_but_loses_nothing() {
+    let mut env = TestEnv::start_with(EnvOptions {
+        start_worker: false,
+        ..Default::default()
+    })
+    .await;
+    let events_queue = env.bind_events().await;
+    env.sim.set_faults(Faults {
+        outage_secs: Some(2.0),
+        ..Default::default()
+    });
+    env.start_worker().await;
+    for i in 0..20 {
+        env.publish(body(&valid_request(&format!("outage-{i}")))).await;
+    }
+    let events = env.take(&events_queue, 20, WAIT).await;
+    assert_eq!(events.len(), 20);
+    assert!(env.sim.stats().server_errors > 0, "the outage was seen");
+    assert_eq!(
+        env.message_count(&env.topology.dead_letter_queue).await,
+        0,
+        "nothing dead-lettered"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_reply_to_gets_a_reply_with_its_correlation_id() {
+    let env = TestEnv::start().await;
+    let reply_queue = env
+        .channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("reply queue");
+    let reply_name = reply_queue.name().to_string();
+    env.publish_with(body(&valid_request("reply-1")), |p: BasicProperties| {
+        p.with_reply_to(reply_name.as_str().into())
+            .with_correlation_id("corr-42".into())
+    })
+    .await;
+    let replies = env.take(&reply_name, 1, WAIT).await;
+    assert_eq!(
+        replies[0]
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|c| c.to_string())
+            .as_deref(),
+        Some("corr-42")
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&replies[0].data).expect("reply JSON");
+    assert_eq!(reply["outcome"], "created");
+    assert_eq!(reply["request_id"], "reply-1");
+    assert!(reply["session"]["conversation_id"].is_string());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_chat_jwt_goes_to_the_reply_and_never_to_the_crm_event() {
+    let mut env = TestEnv::start_with(EnvOptions {
+        start_worker: false,
+        ..Default::default()
+    })
+    .await;
+    let events_queue = env.bind_events().await;
+    let c = &env.sim_config;
+    env.genesys_config = guest_session_worker::genesys::GenesysConfig {
+        session_api: guest_session_worker::genesys::SessionApiKind::GuestChat,
+        organization_id: Some(c.organization_id.clone()),
+        deployment_id: Some(c.deployment_id.clone()),
+        default_queue: Some("Web Support".into()),
+        ..env.genesys_config.clone()
+    };
+    env.start_worker().await;
+    let reply_queue = env
+        .channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("reply queue");
+    let reply_name = reply_queue.name().to_string();
+    env.publish_with(body(&valid_request("chat-1")), |p| {
+        p.with_reply_to(reply_name.as_str().into())
+    })
+    .await;
+    let replies = env.take(&reply_name, 1, WAIT).await;
+    let reply: serde_json::Value = serde_json::from_slice(&replies[0].data).expect("reply JSON");
+    let jwt = reply["session"]["jwt"]
+        .as_str()
+        .expect("the guest gets its JWT")
+        .to_string();
+    assert_eq!(
+        replies[0]
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|c| c.to_string())
+            .as_deref(),
+        Some("chat-1")
+    );
+    let events = env.take(&events_queue, 1, WAIT).await;
+    let text = String::from_utf8_lossy(&events[0].data);
+    assert!(
+        !text.contains(&jwt) && !text.contains("jwt"),
+        "CRM event carries no JWT: {text}"
+    );
+    let event: SessionCreatedEvent = serde_json::from_slice(&events[0].data).expect("event");
+    assert_eq!(event.session.api, "guest_chat");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_dead_letters_are_processed_once_the_cause_is_gone() {
+    let mut env = TestEnv::start_with(EnvOptions {
+        start_worker: false,
+        ..Default::default()
+    })
+    .await;
+    let events_queue = env.bind_events().await;
+    env.sim.set_faults(Faults {
+        reject_status: Some(422),
+        ..Default::default()
+    });
+    env.start_worker().await;
+    for i in 0..3 {
+        env.publish(body(&valid_request(&format!("replay-{i}")))).await;
+    }
+    // Wait until all three are dead letters (without consuming them).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while env.message_count(&env.topology.dead_letter_queue).await < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "dead letters did not arrive");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.sim.set_faults(Faults {
+        reject_status: Some(0),
+        ..Default::default()
+    });
+
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_guest-session-worker"))
+        .args(["dead-letters", "replay", "--reason", "genesys_rejected"])
+        .env("AMQP_URL", &env.url)
+        .env(
+            "AMQP_NAME_PREFIX",
+            env.topology.request_exchange.trim_end_matches("guest-sessions"),
+        )
+        .output()
+        .await
+        .expect("run the CLI");
+    assert!(
+        output.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("replayed 3"));
+
+    let events = env.take(&events_queue, 3, WAIT).await;
+    assert_eq!(events.len(), 3);
+    assert_eq!(env.message_count(&env.topology.dead_letter_queue).await, 0);
+    env.cleanup().await;
+}
