@@ -58,6 +58,8 @@ struct Inner {
     session_url: reqwest::Url,
     server_address: String,
     server_port: Option<u16>,
+    /// Where each attempt's status is counted; set once by the worker.
+    metrics: std::sync::OnceLock<crate::metrics::Metrics>,
 }
 
 /// One creation in progress: what its attempts share.
@@ -112,6 +114,7 @@ impl GenesysClient {
             inner: Arc::new(Inner {
                 server_address: session_url.host_str().unwrap_or_default().to_string(),
                 server_port: session_url.port_or_known_default(),
+                metrics: std::sync::OnceLock::new(),
                 pacer: Pacer::new(config.rate_limit_per_minute, config.max_retry_after),
                 http,
                 tokens,
@@ -120,6 +123,11 @@ impl GenesysClient {
                 config,
             }),
         })
+    }
+
+    /// Counts every HTTP attempt's outcome in `metrics` (the first call wins; later ones are ignored).
+    pub fn set_metrics(&self, metrics: crate::metrics::Metrics) {
+        let _ = self.inner.metrics.set(metrics);
     }
 
     pub fn config(&self) -> &GenesysConfig {
@@ -250,7 +258,11 @@ impl GenesysClient {
             error.type = field::Empty,
         );
         let result = async {
-            let response = builder.send().await.map_err(|e| {
+            let sent = builder.send().await;
+            if let Some(metrics) = inner.metrics.get() {
+                metrics.genesys_response(sent.as_ref().ok().map(|r| r.status().as_u16()), index);
+            }
+            let response = sent.map_err(|e| {
                 AttemptError::transient(None, format!("request failed: {}", describe_transport_error(&e)))
             })?;
             let status = response.status().as_u16();

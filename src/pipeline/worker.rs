@@ -65,6 +65,7 @@ impl Worker {
     ) -> Result<Self, WorkerError> {
         let connection = connect(&settings.amqp_url, "guest-session-worker").await?;
         let publisher = open_session(&connection, &settings).await?;
+        genesys.set_metrics(metrics.clone());
         let ctx = Arc::new(PipelineContext {
             topology: settings.topology.clone(),
             policy: settings.policy.clone(),
