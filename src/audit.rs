@@ -64,9 +64,42 @@ pub struct AuditRecord {
     pub trace_id: Option<String>,
 }
 
+impl AuditOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditOutcome::Created => "created",
+            AuditOutcome::Rejected => "rejected",
+            AuditOutcome::Failed => "failed",
+        }
+    }
+}
+
 impl AuditRecord {
     pub fn timestamp(at: DateTime<Utc>) -> String {
         at.to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
+
+    /// Logs the record at target `audit`, one log field per record field, so a log pipeline can
+    /// index and filter it (`RUST_LOG=audit=info` keeps it when other logs are turned down).
+    pub fn log(&self) {
+        tracing::info!(
+            target: "audit",
+            recorded_at = %self.timestamp,
+            request_id = self.request_id.as_deref(),
+            guest_ref = self.guest_ref.as_deref(),
+            outcome = self.outcome.as_str(),
+            reason = self.reason.as_deref(),
+            latency_ms = self.latency_ms,
+            attempts = self.attempts,
+            routing_success = self.routing_success,
+            validation_passed = self.validation_passed,
+            consent_data_processing = self.consent_data_processing,
+            consent_marketing = self.consent_marketing,
+            pii_blocked = self.pii_blocked,
+            privacy_compliant = self.privacy_compliant,
+            trace_id = self.trace_id.as_deref(),
+            "audit record"
+        );
     }
 }
 

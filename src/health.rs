@@ -76,9 +76,10 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
+/// prometheus-client writes OpenMetrics text (`_total` samples under a `counter` TYPE, `# EOF`);
+/// announced as the classic `text/plain; version=0.0.4`, Prometheus would misread the counters.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        state.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, OPENMETRICS)], state.metrics.render())
 }

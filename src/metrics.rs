@@ -1,6 +1,22 @@
-//! Prometheus metrics (DESIGN §6), rendered in the text exposition format at `/metrics`.
+//! Prometheus metrics (DESIGN §6), rendered in the OpenMetrics text format at `/metrics`.
+//!
+//! | metric | type | labels | meaning |
+//! | --- | --- | --- | --- |
+//! | `guest_session_worker_requests_total` | counter | `outcome` (`created`, `rejected`, `failed`), `reason` | requests by final outcome |
+//! | `guest_session_worker_session_creation_seconds` | histogram | | delivery → session created in Genesys |
+//! | `guest_session_worker_genesys_responses_total` | counter | `status` (`202`, `503`, …, `error`) | every Genesys HTTP attempt |
+//! | `guest_session_worker_genesys_rate_limited_total` | counter | | Genesys 429s |
+//! | `guest_session_worker_genesys_retries_total` | counter | | attempts that were retries |
+//! | `guest_session_worker_in_flight` | gauge | | requests being processed now |
+//! | `guest_session_worker_routing_success_ratio` | gauge | | created / valid requests that reached a final outcome |
+//! | `guest_session_worker_requeued_total` | counter | | requests returned to the queue because a publish was not confirmed |
+//!
+//! Labels hold only bounded vocabularies (outcomes, reasons, HTTP statuses): never an id.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -30,8 +46,10 @@ struct Inner {
     retries: Counter,
     in_flight: Gauge,
     routing_success_ratio: Gauge<f64, std::sync::atomic::AtomicU64>,
-    created: Counter,
-    routed_attempts: Counter,
+    /// (created, valid requests with a final outcome): updated together so the ratio is never
+    /// computed from a half-updated pair.
+    routing: Mutex<(u64, u64)>,
+    requeued: Counter,
 }
 
 /// Cheap to clone; all clones feed one registry.
@@ -75,6 +93,12 @@ impl Metrics {
             "Created sessions over valid requests that reached a final outcome",
             routing_success_ratio.clone(),
         );
+        let requeued = Counter::default();
+        registry.register(
+            "requeued",
+            "Requests returned to the queue because a publish was not confirmed",
+            requeued.clone(),
+        );
         Self(Arc::new(Inner {
             registry,
             requests,
@@ -84,8 +108,8 @@ impl Metrics {
             retries,
             in_flight,
             routing_success_ratio,
-            created: Counter::default(),
-            routed_attempts: Counter::default(),
+            routing: Mutex::new((0, 0)),
+            requeued,
         }))
     }
 
@@ -96,14 +120,18 @@ impl Metrics {
         };
         self.0.requests.get_or_create(&labels).inc();
         if !matches!(outcome, Outcome::Rejected { .. }) {
-            let routed = self.0.routed_attempts.inc() + 1;
-            let created = if matches!(outcome, Outcome::Created { .. }) {
-                self.0.created.inc() + 1
-            } else {
-                self.0.created.get()
-            };
-            self.0.routing_success_ratio.set(created as f64 / routed as f64);
+            let mut routing = self.0.routing.lock().unwrap_or_else(PoisonError::into_inner);
+            routing.1 += 1;
+            if matches!(outcome, Outcome::Created { .. }) {
+                routing.0 += 1;
+            }
+            self.0.routing_success_ratio.set(routing.0 as f64 / routing.1 as f64);
         }
+    }
+
+    /// A request went back to the queue (its publishes were not confirmed).
+    pub fn record_requeue(&self) {
+        self.0.requeued.inc();
     }
 
     pub fn observe_creation(&self, elapsed: Duration) {
@@ -143,5 +171,59 @@ pub struct InFlight(Gauge);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::RejectReason;
+
+    #[test]
+    fn renders_conventional_names_and_counts() {
+        let metrics = Metrics::new();
+        metrics.record_outcome(&Outcome::Created { attempts: 1 }, Duration::ZERO);
+        metrics.record_outcome(
+            &Outcome::Rejected {
+                reason: RejectReason::PiiBlocked,
+            },
+            Duration::ZERO,
+        );
+        metrics.record_outcome(
+            &Outcome::Failed {
+                reason: "genesys_rejected",
+                attempts: 1,
+            },
+            Duration::ZERO,
+        );
+        metrics.observe_creation(Duration::from_millis(120));
+        metrics.genesys_response(Some(429), 0);
+        metrics.genesys_response(Some(202), 1);
+        metrics.genesys_response(None, 2);
+        let guard = metrics.track_in_flight();
+        let text = metrics.render();
+        for line in [
+            "guest_session_worker_requests_total{outcome=\"created\",reason=\"\"} 1",
+            "guest_session_worker_requests_total{outcome=\"rejected\",reason=\"pii_blocked\"} 1",
+            "guest_session_worker_requests_total{outcome=\"failed\",reason=\"genesys_rejected\"} 1",
+            "guest_session_worker_session_creation_seconds_count 1",
+            "guest_session_worker_genesys_responses_total{status=\"429\"} 1",
+            "guest_session_worker_genesys_responses_total{status=\"202\"} 1",
+            "guest_session_worker_genesys_responses_total{status=\"error\"} 1",
+            "guest_session_worker_genesys_rate_limited_total 1",
+            "guest_session_worker_genesys_retries_total 2",
+            "guest_session_worker_in_flight 1",
+            "guest_session_worker_routing_success_ratio 0.5",
+            "guest_session_worker_requeued_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        drop(guard);
+        assert!(
+            metrics
+                .render()
+                .lines()
+                .any(|l| l == "guest_session_worker_in_flight 0")
+        );
     }
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 use lapin::{BasicProperties, message::Delivery, types::ShortString};
-use tracing::{Instrument, info_span};
+use tracing::{Instrument, field, info_span};
 
 use super::{
     Disposition, Outcome,
@@ -41,12 +41,22 @@ pub async fn process(ctx: &PipelineContext, delivery: &Delivery) -> Disposition 
         Err(rejection) => reject(ctx, delivery, rejection, started).await,
         Ok(request) => create(ctx, delivery, &request, started, received_at).await,
     };
+    // The consume span (the caller's) says how the request ended, so a trace search by outcome
+    // or reason finds it.
+    let consume_span = tracing::Span::current();
     match outcome_and_publish {
         (outcome, Ok(())) => {
             ctx.metrics.record_outcome(&outcome, started.elapsed());
+            consume_span.record("guest_session.outcome", outcome.label());
+            if let Some(reason) = outcome.reason() {
+                consume_span.record("guest_session.reason", reason);
+            }
             Disposition::Ack(outcome)
         }
         (_, Err(error)) => {
+            ctx.metrics.record_requeue();
+            consume_span.record("error.type", "publish_unconfirmed");
+            consume_span.record("otel.status_code", "ERROR");
             tracing::warn!(error = %error, "publishing for a request failed; it will be redelivered");
             Disposition::Requeue {
                 cause: error.to_string(),
@@ -131,12 +141,26 @@ async fn create(
                 detail: None,
                 session: Some(ReplySession::from_created(&session)),
             };
-            let mut messages = vec![event_message(ctx, request, &event), audit_message(ctx, &audit)];
-            messages.extend(reply_to(delivery, &reply));
-            let publish_span = publish_span(&ctx.topology.crm_exchange, EVENT_ROUTING_KEY, &event.event_id);
-            match ctx.publisher.publish_all(messages).instrument(publish_span).await {
+            let span = publish_span(&ctx.topology.crm_exchange, EVENT_ROUTING_KEY, Some(&event.event_id));
+            // Built inside the publish span, so each message's `traceparent` names it as parent.
+            let (event_out, follow_up) = span.in_scope(|| {
+                let mut follow_up = vec![audit_message(ctx, &audit)];
+                follow_up.extend(reply_to(delivery, &reply));
+                (event_message(ctx, request, &event), follow_up)
+            });
+            span.record("messaging.batch.message_count", 1 + follow_up.len());
+            // The event goes alone and first: the outcome is `created` only once the broker has
+            // routed it, so the audit record and the reply never announce a session that no CRM
+            // consumer heard of (an unroutable event gets one `failed` record, not two records).
+            let published = match publish_traced(ctx, vec![event_out], &span).await {
+                Ok(()) => publish_traced(ctx, follow_up, &span).await,
+                Err(error) => Err(error),
+            };
+            // Ends the span here, so a dead-letter publish below is its sibling, not inside it.
+            drop(span);
+            match published {
                 Ok(()) => {
-                    log_audit(&audit);
+                    audit.log();
                     (outcome, Ok(()))
                 }
                 // The session exists but nobody can hear about it: park the request where an
@@ -223,32 +247,62 @@ async fn dead_letter_publish(
     audit: AuditRecord,
     reply: &Reply<'_>,
 ) -> Result<(), PublishError> {
-    let span = publish_span(&ctx.topology.dead_letter_exchange, delivery.routing_key.as_str(), "");
-    let result = async {
+    let message_id = delivery.properties.message_id().as_ref().map(|m| m.as_str());
+    let span = publish_span(
+        &ctx.topology.dead_letter_exchange,
+        delivery.routing_key.as_str(),
+        message_id,
+    );
+    let messages = span.in_scope(|| {
         let dead = dead_letter(&ctx.topology.dead_letter_exchange, delivery, cause);
         let mut messages = vec![dead, audit_message(ctx, &audit)];
         messages.extend(reply_to(delivery, reply));
-        ctx.publisher.publish_all(messages).await
-    }
-    .instrument(span)
-    .await;
+        messages
+    });
+    span.record("messaging.batch.message_count", messages.len());
+    let result = publish_traced(ctx, messages, &span).await;
     if result.is_ok() {
-        log_audit(&audit);
+        audit.log();
     }
     result
 }
 
-fn publish_span(exchange: &str, routing_key: &str, message_id: &str) -> tracing::Span {
+/// The `publish` span (DESIGN §6) with the messaging conventions for RabbitMQ. Its destination is
+/// the request's main message (the event or the dead letter); the audit record and the reply are
+/// published within it too, and `messaging.batch.message_count` counts them all.
+fn publish_span(exchange: &str, routing_key: &str, message_id: Option<&str>) -> tracing::Span {
     info_span!(
         "publish",
         otel.kind = "producer",
-        otel.name = format!("publish {exchange}"),
+        otel.status_code = field::Empty,
         messaging.system = "rabbitmq",
         messaging.operation.type = "send",
+        messaging.operation.name = "publish",
         messaging.destination.name = exchange,
-        messaging.rabbitmq.destination.routing_key = routing_key,
+        messaging.rabbitmq.destination.routing_key = (!routing_key.is_empty()).then_some(routing_key),
         messaging.message.id = message_id,
+        messaging.batch.message_count = field::Empty,
+        error.type = field::Empty,
     )
+}
+
+/// Publishes `messages` and waits for their confirms inside `span`, recording a failure on it.
+async fn publish_traced(
+    ctx: &PipelineContext,
+    messages: Vec<Outgoing>,
+    span: &tracing::Span,
+) -> Result<(), PublishError> {
+    let result = ctx.publisher.publish_all(messages).instrument(span.clone()).await;
+    if let Err(error) = &result {
+        let kind = if error.is_unroutable() {
+            "unroutable"
+        } else {
+            "unconfirmed"
+        };
+        span.record("error.type", kind);
+        span.record("otel.status_code", "ERROR");
+    }
+    result
 }
 
 fn audit_base(consent: Option<Consent>, started: Instant) -> AuditRecord {
@@ -269,10 +323,6 @@ fn audit_base(consent: Option<Consent>, started: Instant) -> AuditRecord {
         privacy_compliant: consent_given == Some(true),
         trace_id: propagation::current_trace_id(),
     }
-}
-
-fn log_audit(audit: &AuditRecord) {
-    tracing::info!(target: "audit", record = %serde_json::to_string(audit).unwrap_or_default(), "audit");
 }
 
 fn json_properties(message_id: String, correlation_id: Option<&str>) -> BasicProperties {

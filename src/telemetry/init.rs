@@ -1,8 +1,18 @@
 //! Process-wide logging and tracing setup, from the standard environment variables only.
+//!
+//! | variable | effect |
+//! | --- | --- |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) | where spans go; unset = no export |
+//! | `OTEL_EXPORTER_OTLP_PROTOCOL` (or `…_TRACES_PROTOCOL`) | `http/protobuf` (default, as the OTLP spec says) or `http/json` |
+//! | `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES` | the resource (service name defaults to `guest-session-worker`) |
+//! | `OTEL_SDK_DISABLED=true` | no export even with an endpoint |
+//! | `OTEL_BSP_*`, `OTEL_EXPORTER_OTLP_HEADERS`, `…_TIMEOUT` | read by the SDK and exporter themselves |
 
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
-use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing::Level;
+use tracing_subscriber::{EnvFilter, Layer, filter::Targets, layer::SubscriberExt, util::SubscriberInitExt};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -14,6 +24,10 @@ pub enum LogFormat {
 pub enum TelemetryError {
     #[error("cannot build the OTLP exporter (check OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_EXPORTER_OTLP_PROTOCOL): {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error(
+        "{var}={value} is not supported: this build exports OTLP over HTTP; use `http/protobuf` (the default) or `http/json`, and the collector's HTTP port (usually 4318)"
+    )]
+    UnsupportedProtocol { var: &'static str, value: String },
     #[error("a global tracing subscriber is already installed: {0}")]
     AlreadyInstalled(#[from] tracing_subscriber::util::TryInitError),
 }
@@ -32,7 +46,9 @@ impl Telemetry {
     pub fn init(format: LogFormat, default_filter: &str) -> Result<Self, TelemetryError> {
         let provider = tracer_provider()?;
         let tracer = provider.tracer("guest-session-worker");
-        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+        // RUST_LOG sets how much is logged, not what is traced: turning logs down to `warn` must
+        // not break traces.
+        let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
         let fmt = match format {
             LogFormat::Json => tracing_subscriber::fmt::layer()
                 .json()
@@ -41,14 +57,14 @@ impl Telemetry {
             LogFormat::Pretty => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
         };
         tracing_subscriber::registry()
-            .with(filter)
-            .with(fmt)
-            .with(tracing_opentelemetry::layer().with_tracer(tracer))
+            .with(fmt.with_filter(log_filter))
+            .with(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(traced()))
             .try_init()?;
         Ok(Self { provider })
     }
 
-    /// Exports what is still buffered. Call once, on the way out.
+    /// Exports what is still buffered. Call once, on the way out (after the worker has settled
+    /// its in-flight requests, so their spans are complete).
     pub fn shutdown(self) {
         if let Err(error) = self.provider.force_flush() {
             tracing::warn!(%error, "flushing spans failed");
@@ -57,15 +73,54 @@ impl Telemetry {
     }
 }
 
+/// Only this crate's spans (and the events inside them) are exported: libraries' own spans, such
+/// as lapin's connection-long `io_loop`, would start stray root traces in the collector. The
+/// `audit` target is left out too: the record already travels on the audit exchange.
+fn traced() -> Targets {
+    Targets::new().with_target(env!("CARGO_CRATE_NAME"), Level::INFO)
+}
+
+fn env_value(var: &str) -> Option<String> {
+    std::env::var(var)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
 fn export_configured() -> bool {
-    ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
-        .iter()
-        .any(|var| std::env::var(var).is_ok_and(|v| !v.trim().is_empty()))
+    let disabled = env_value("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    !disabled
+        && ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+            .iter()
+            .any(|var| env_value(var).is_some())
+}
+
+/// The OTLP protocol from the standard variables. The exporter crate alone would fall back to
+/// JSON when both HTTP encodings are compiled in, and silently to JSON for `grpc`; the OTLP spec
+/// says `http/protobuf` by default, and a protocol we cannot speak should stop the start.
+fn protocol() -> Result<Protocol, TelemetryError> {
+    for var in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
+        if let Some(value) = env_value(var) {
+            return match value.to_ascii_lowercase().as_str() {
+                "http/protobuf" => Ok(Protocol::HttpBinary),
+                "http/json" => Ok(Protocol::HttpJson),
+                _ => Err(TelemetryError::UnsupportedProtocol { var, value }),
+            };
+        }
+    }
+    Ok(Protocol::HttpBinary)
 }
 
 fn tracer_provider() -> Result<SdkTracerProvider, TelemetryError> {
-    // Resource::builder() reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES.
-    let resource = if std::env::var("OTEL_SERVICE_NAME").is_ok() {
+    // Resource::builder() reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; our default name
+    // applies only when neither names the service (the SDK's own default is `unknown_service`).
+    let named = env_value("OTEL_SERVICE_NAME").is_some()
+        || env_value("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|attrs| {
+            attrs
+                .split(',')
+                .any(|pair| pair.split('=').next().is_some_and(|k| k.trim() == "service.name"))
+        });
+    let resource = if named {
         Resource::builder().build()
     } else {
         Resource::builder().with_service_name("guest-session-worker").build()
@@ -74,6 +129,9 @@ fn tracer_provider() -> Result<SdkTracerProvider, TelemetryError> {
     if !export_configured() {
         return Ok(builder.build());
     }
-    let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build()?;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(protocol()?)
+        .build()?;
     Ok(builder.with_batch_exporter(exporter).build())
 }

@@ -74,3 +74,58 @@ pub fn current_trace_id() -> Option<String> {
     let span_context = span.span_context();
     span_context.is_valid().then(|| span_context.trace_id().to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+
+    fn with_tracing<T>(f: impl FnOnce() -> T) -> T {
+        // A thread-local subscriber: unit tests run in parallel and must not touch the global one.
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber =
+            tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, f)
+    }
+
+    #[test]
+    fn a_child_of_the_extracted_context_injects_the_same_trace_and_its_own_span() {
+        let mut incoming = FieldTable::default();
+        headers::set_str(&mut incoming, "Traceparent", format!("00-{TRACE}-{PARENT}-01"));
+        headers::set_str(&mut incoming, "tracestate", "vendor=kept");
+        let (outgoing, trace_id) = with_tracing(|| {
+            let span = tracing::info_span!("consume");
+            let _ = span.set_parent(extract(Some(&incoming)));
+            span.in_scope(|| (current_headers(), current_trace_id()))
+        });
+        let traceparent = headers::get_str(Some(&outgoing), "traceparent").expect("traceparent injected");
+        let parts: Vec<&str> = traceparent.split('-').collect();
+        assert_eq!(parts[1], TRACE);
+        assert_ne!(parts[2], PARENT, "the worker's own span is the new parent");
+        assert_eq!(parts[3], "01");
+        assert_eq!(
+            headers::get_str(Some(&outgoing), "tracestate").as_deref(),
+            Some("vendor=kept")
+        );
+        assert_eq!(trace_id.as_deref(), Some(TRACE));
+    }
+
+    #[test]
+    fn without_trace_headers_a_new_trace_starts() {
+        assert!(!extract(None).span().span_context().is_valid());
+        let (outgoing, trace_id) = with_tracing(|| {
+            let span = tracing::info_span!("consume");
+            let _ = span.set_parent(extract(Some(&FieldTable::default())));
+            span.in_scope(|| (current_headers(), current_trace_id()))
+        });
+        let trace_id = trace_id.expect("a root trace");
+        let traceparent = headers::get_str(Some(&outgoing), "traceparent").expect("traceparent injected");
+        assert!(traceparent.contains(&trace_id));
+    }
+}

@@ -219,7 +219,9 @@ async fn a_two_second_genesys_outage_delays_but_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_with_reply_to_gets_a_reply_with_its_correlation_id() {
-    let env = TestEnv::start().await;
+    let mut env = TestEnv::start().await;
+    // A CRM queue must be bound, or the event is unroutable and the one reply says `failed`.
+    env.bind_events().await;
     let reply_queue = env
         .channel
         .queue_declare(
