@@ -20,11 +20,13 @@
 //! - [`metrics`], [`health`]: Prometheus metrics and the `/healthz`, `/readyz`, `/metrics` endpoint.
 //! - [`audit`]: compliance records with a keyed pseudonym of the guest id.
 //! - [`sim`]: a Genesys Cloud simulator (a real HTTP server) used by the demo, tests and benchmarks.
-//! - [`cli`]: the `guest-session-worker` subcommands (`run`, `demo`, `sim`, `enqueue`, `dead-letters`).
+//! - [`bench`]: benchmarks with real worker processes against the local broker (`bench rate-limit`).
+//! - [`cli`]: the `guest-session-worker` subcommands (`run`, `demo`, `sim`, `enqueue`, `dead-letters`, `bench`).
 //! - [`config`]: settings shared by the subcommands, each read from a flag or its env var.
 
 pub mod amqp;
 pub mod audit;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod genesys;

@@ -1,6 +1,7 @@
 //! The `guest-session-worker` command line (DESIGN §7). Each subcommand lives in its own file;
 //! this is the only place that uses `anyhow` and turns errors into an exit code.
 
+mod bench;
 mod dead_letters;
 mod demo;
 mod enqueue;
@@ -41,6 +42,9 @@ pub enum Command {
     /// Inspect and replay dead letters.
     #[command(subcommand)]
     DeadLetters(dead_letters::DeadLettersCommand),
+    /// Benchmarks against the local broker (`bench rate-limit`); results go to BENCHMARKS.md.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -60,6 +64,7 @@ pub fn main() -> ExitCode {
             Command::Sim(args) => sim::run(args, log_format).await,
             Command::Enqueue(args) => enqueue::run(args).await,
             Command::DeadLetters(command) => dead_letters::run(command).await,
+            Command::Bench(command) => bench::run(command, log_format).await,
         }
     });
     match result {

@@ -92,6 +92,7 @@ pub struct TokenProvider {
     http: reqwest::Client,
     token_url: String,
     server_address: String,
+    server_port: Option<u16>,
     client_id: String,
     client_secret: SecretString,
     cached: RwLock<Option<CachedToken>>,
@@ -118,14 +119,17 @@ impl TokenProvider {
         client_secret: SecretString,
     ) -> Arc<Self> {
         let token_url = format!("{}/oauth/token", login_base_url.trim_end_matches('/'));
-        let server_address = reqwest::Url::parse(&token_url)
-            .ok()
+        let parsed = reqwest::Url::parse(&token_url).ok();
+        let server_address = parsed
+            .as_ref()
             .and_then(|u| u.host_str().map(str::to_string))
             .unwrap_or_default();
+        let server_port = parsed.as_ref().and_then(|u| u.port_or_known_default());
         Arc::new(Self {
             http,
             token_url,
             server_address,
+            server_port,
             client_id,
             client_secret,
             cached: RwLock::new(None),
@@ -200,8 +204,10 @@ impl TokenProvider {
             otel.kind = "client",
             http.request.method = "POST",
             server.address = %self.server_address,
+            server.port = self.server_port,
             http.response.status_code = field::Empty,
             error.type = field::Empty,
+            otel.status_code = field::Empty,
         );
         let result = async {
             let response = self
@@ -272,6 +278,7 @@ impl TokenProvider {
                 "error.type",
                 error.status.map_or_else(|| "transport".to_string(), |s| s.to_string()),
             );
+            span.record("otel.status_code", "ERROR");
             tracing::warn!(parent: &span, status = error.status, context_id = error.context_id.as_deref(), "genesys token fetch failed: {}", error.message);
         }
         result

@@ -1,8 +1,10 @@
 //! [`GenesysClient`]: one pooled HTTP client, one token provider and one pacer shared by every
 //! concurrent [`GenesysClient::create_session`] call.
 //!
-//! One creation is: (pacer slot → token → `POST`) attempts, classified and retried by
-//! [`super::retry`] until created, rejected, or the retry budget is spent.
+//! One creation is: (circuit pass → pacer slot → token → `POST`) attempts, classified and retried
+//! by [`super::retry`] until created, rejected, or the retry budget is spent. The circuit and the
+//! pacer make a call *wait* (within its budget), never fail; [`GenesysClient::accepting`] tells the
+//! worker when to stop taking new work.
 //!
 //! Tracing: `genesys.create_session` around the whole call, one `genesys.attempt` child per HTTP
 //! attempt (OpenTelemetry HTTP-client attributes), `genesys.token` around a token fetch. Span fields
@@ -18,6 +20,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, field};
 
 use super::auth::{AccessToken, TokenProvider};
+use super::circuit::{Circuit, CircuitSettings};
 use super::config::{GenesysConfig, GenesysConfigError, SessionApiKind};
 use super::error::{CreateError, GenesysErrorBody, StatusClass, classify_status, correlation_id, retry_after};
 use super::pacer::Pacer;
@@ -54,6 +57,7 @@ struct Inner {
     /// Open Messaging only (Guest Chat uses no OAuth).
     tokens: Option<Arc<TokenProvider>>,
     pacer: Pacer,
+    circuit: Circuit,
     policy: RetryPolicy,
     session_url: reqwest::Url,
     server_address: String,
@@ -68,6 +72,20 @@ struct Call<'a> {
     deadline: Instant,
     attempts: AtomicU32,
     reauthenticated: AtomicBool,
+    /// The last transient failure: what the dead letter reports if the budget then runs out
+    /// while the attempt waits for the circuit or the pacer.
+    last_failure: std::sync::Mutex<Option<AttemptError>>,
+}
+
+impl Call<'_> {
+    fn remember(&self, error: &AttemptError) {
+        if error.failure == Failure::Transient {
+            *self
+                .last_failure
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error.clone());
+        }
+    }
 }
 
 impl GenesysClient {
@@ -116,6 +134,7 @@ impl GenesysClient {
                 server_port: session_url.port_or_known_default(),
                 metrics: std::sync::OnceLock::new(),
                 pacer: Pacer::new(config.rate_limit_per_minute, config.max_retry_after),
+                circuit: Circuit::new(CircuitSettings::default()),
                 http,
                 tokens,
                 policy,
@@ -143,6 +162,25 @@ impl GenesysClient {
         &self.inner.pacer
     }
 
+    /// The circuit breaker over Genesys calls.
+    pub fn circuit(&self) -> &Circuit {
+        &self.inner.circuit
+    }
+
+    /// Backpressure for the worker: resolves at once while Genesys is healthy; while a 429 has
+    /// paused the pacer or the circuit is open (Genesys failing persistently), waits until that is
+    /// over, so new deliveries stay in the queue instead of burning their retry budget here.
+    /// Calls already in flight are unaffected: they wait within their own budget.
+    pub async fn accepting(&self) {
+        loop {
+            self.inner.pacer.resumed().await;
+            self.inner.circuit.accepting().await;
+            if self.inner.pacer.snapshot().paused_for.is_none() {
+                return;
+            }
+        }
+    }
+
     /// Creates a Genesys session for `request` with the configured API, retrying transient
     /// failures within the retry budget.
     pub async fn create_session(&self, request: &ValidatedRequest) -> Result<CreatedSession, CreateError> {
@@ -155,6 +193,7 @@ impl GenesysClient {
             genesys.conversation_id = field::Empty,
             genesys.context_id = field::Empty,
             error.type = field::Empty,
+            otel.status_code = field::Empty,
         );
         async {
             let started = Instant::now();
@@ -163,6 +202,7 @@ impl GenesysClient {
                 deadline: started + self.inner.config.retry_budget,
                 attempts: AtomicU32::new(0),
                 reauthenticated: AtomicBool::new(false),
+                last_failure: std::sync::Mutex::new(None),
             };
             let result = self
                 .inner
@@ -183,6 +223,7 @@ impl GenesysClient {
                 Err(error) => {
                     span.record("genesys.attempts", error.attempts());
                     span.record("error.type", error.kind());
+                    span.record("otel.status_code", "ERROR");
                     if let Some(id) = error.context_id() {
                         span.record("genesys.context_id", id);
                     }
@@ -202,32 +243,61 @@ impl GenesysClient {
         .await
     }
 
-    /// One attempt: a pacer slot, a token (Open Messaging), the POST, its classification.
+    /// One attempt: a circuit pass and a pacer slot, a token (Open Messaging), the POST, its
+    /// classification.
     async fn attempt(&self, call: &Call<'_>) -> Result<CreatedSession, AttemptError> {
         let inner = &*self.inner;
-        if tokio::time::timeout_at(call.deadline, inner.pacer.acquire())
-            .await
-            .is_err()
-        {
-            return Err(AttemptError {
-                failure: Failure::BudgetSpent,
-                status: None,
-                code: None,
-                message: "the retry budget ran out while waiting for a Genesys rate-limit slot".to_string(),
-                context_id: None,
-                retry_after: None,
+        // Admission: an open circuit (Genesys failing persistently) or the pacer (shared quota,
+        // 429 pause) makes the attempt wait, within the retry budget; neither makes it fail.
+        let admitted = tokio::time::timeout_at(call.deadline, async {
+            let pass = inner.circuit.admit().await;
+            (pass, inner.pacer.acquire().await)
+        })
+        .await;
+        let Ok((pass, slot)) = admitted else {
+            let last = call
+                .last_failure
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            return Err(match last {
+                // What Genesys last said (status, context id) tells the operator more than the wait.
+                Some(last) => AttemptError {
+                    failure: Failure::BudgetSpent,
+                    ..last
+                },
+                None => AttemptError {
+                    failure: Failure::BudgetSpent,
+                    status: None,
+                    code: None,
+                    message:
+                        "the retry budget ran out while waiting for Genesys (a rate-limit pause or an open circuit)"
+                            .to_string(),
+                    context_id: None,
+                    retry_after: None,
+                },
             });
-        }
+        };
         let index = call.attempts.fetch_add(1, Ordering::Relaxed);
         let token = match &inner.tokens {
-            Some(tokens) => Some(tokens.token().await.map_err(|e| AttemptError {
-                failure: Failure::Transient,
-                status: e.status,
-                code: None,
-                message: e.message,
-                context_id: e.context_id,
-                retry_after: e.retry_after,
-            })?),
+            Some(tokens) => match tokens.token().await {
+                Ok(token) => Some(token),
+                Err(e) => {
+                    if e.status.is_none_or(server_failing) {
+                        pass.failed();
+                    }
+                    let error = AttemptError {
+                        failure: Failure::Transient,
+                        status: e.status,
+                        code: None,
+                        message: e.message,
+                        context_id: e.context_id,
+                        retry_after: e.retry_after,
+                    };
+                    call.remember(&error);
+                    return Err(error);
+                }
+            },
             None => None,
         };
         let remaining = call.deadline.saturating_duration_since(Instant::now());
@@ -246,14 +316,19 @@ impl GenesysClient {
             )),
         };
 
+        // Exported as `POST` (the HTTP client convention names the span after the method);
+        // `http.request.resend_count` is set only on retries, as the convention asks. The URL
+        // holds the integration id, never a guest's data.
         let span = tracing::info_span!(
             "genesys.attempt",
             otel.name = "POST",
             otel.kind = "client",
+            otel.status_code = field::Empty,
             http.request.method = "POST",
+            url.full = %inner.session_url,
             server.address = %inner.server_address,
             server.port = inner.server_port,
-            http.request.resend_count = index,
+            http.request.resend_count = (index > 0).then_some(index),
             http.response.status_code = field::Empty,
             error.type = field::Empty,
         );
@@ -262,13 +337,25 @@ impl GenesysClient {
             if let Some(metrics) = inner.metrics.get() {
                 metrics.genesys_response(sent.as_ref().ok().map(|r| r.status().as_u16()), index);
             }
-            let response = sent.map_err(|e| {
-                AttemptError::transient(None, format!("request failed: {}", describe_transport_error(&e)))
-            })?;
+            let response = match sent {
+                Ok(response) => response,
+                Err(e) => {
+                    pass.failed();
+                    return Err(AttemptError::transient(
+                        None,
+                        format!("request failed: {}", describe_transport_error(&e)),
+                    ));
+                }
+            };
             let status = response.status().as_u16();
             tracing::Span::current().record("http.response.status_code", status);
             let headers = response.headers().clone();
-            inner.pacer.on_response(status, &headers);
+            slot.record(status, &headers);
+            if server_failing(status) {
+                pass.failed();
+            } else {
+                pass.succeeded();
+            }
             let body = response.bytes().await.map_err(|e| {
                 AttemptError::transient(
                     Some(status),
@@ -285,8 +372,10 @@ impl GenesysClient {
         .instrument(span.clone())
         .await;
         if let Err(error) = &result {
+            call.remember(error);
             let kind = error.status.map_or_else(|| "transport".to_string(), |s| s.to_string());
             span.record("error.type", kind.as_str());
+            span.record("otel.status_code", "ERROR");
         }
         result
     }
@@ -373,6 +462,12 @@ impl GenesysClient {
             retry_after: retry_after(headers),
         })
     }
+}
+
+/// Statuses that count against Genesys's health in the circuit breaker (the transient ones except
+/// 429, which says Genesys is up and pacing us).
+fn server_failing(status: u16) -> bool {
+    status == 408 || ((500..=599).contains(&status) && status != 501)
 }
 
 fn elapsed_ms(started: Instant) -> u64 {

@@ -9,6 +9,7 @@
 //! - [`auth`]: the token provider: cached, refreshed early, one fetch in flight.
 //! - [`error`]: the Genesys error body, status classification, and [`CreateError`].
 //! - [`pacer`]: the shared, adaptive rate limiter (GCRA + AIMD + `inin-ratelimit-*`).
+//! - [`circuit`]: the circuit breaker that pauses calls (and new work) while Genesys is down.
 //! - [`retry`]: backoff with full jitter, `Retry-After`, the retry budget (on `backon`).
 //! - [`open_messaging`], [`guest_chat`]: the two session APIs' bodies and responses.
 //! - [`client`]: [`GenesysClient`], which ties them together.
@@ -26,6 +27,7 @@
 //! ```
 
 pub mod auth;
+pub mod circuit;
 pub mod client;
 pub mod config;
 pub mod error;

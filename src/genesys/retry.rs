@@ -29,7 +29,8 @@ pub(crate) enum Failure {
     Reauthenticate,
     /// Any other non-2xx: dead letter at once.
     Permanent,
-    /// The budget ran out before the attempt could even be sent (waiting for the pacer).
+    /// The budget ran out before the attempt could even be sent (waiting for the pacer or the
+    /// circuit); carries the last transient failure when there was one.
     BudgetSpent,
 }
 

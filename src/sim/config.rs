@@ -81,6 +81,23 @@ pub struct SimConfig {
     /// Lifetime of issued access tokens, in seconds (`expires_in`).
     #[arg(long = "token-ttl-secs", env = "SIM_TOKEN_TTL_SECS", default_value_t = DEFAULT_TOKEN_TTL_SECS)]
     pub token_ttl_secs: u64,
+
+    /// A 429 storm of this many seconds (0: none): every API call is answered 429 with
+    /// `--storm-retry-after-secs`, as `POST /__sim/faults {"storm": …}` does.
+    #[arg(long = "storm-secs", env = "SIM_STORM_SECS", default_value_t = 0.0, value_parser = parse_fault_secs)]
+    pub storm_secs: f64,
+
+    /// The storm's `Retry-After`, in seconds.
+    #[arg(
+        long = "storm-retry-after-secs",
+        env = "SIM_STORM_RETRY_AFTER_SECS",
+        default_value_t = 30
+    )]
+    pub storm_retry_after_secs: u64,
+
+    /// The storm starts this many seconds after the simulator.
+    #[arg(long = "storm-after-secs", env = "SIM_STORM_AFTER_SECS", default_value_t = 0.0, value_parser = parse_fault_secs)]
+    pub storm_after_secs: f64,
 }
 
 impl SimConfig {
@@ -98,6 +115,9 @@ impl SimConfig {
             latency_ms: 0,
             error_rate: 0.0,
             token_ttl_secs: DEFAULT_TOKEN_TTL_SECS,
+            storm_secs: 0.0,
+            storm_retry_after_secs: 30,
+            storm_after_secs: 0.0,
         }
     }
 
@@ -105,6 +125,11 @@ impl SimConfig {
     pub(crate) fn validate(&self) -> Result<(), String> {
         parse_window_secs(&self.quota_window_secs.to_string())?;
         parse_rate(&self.error_rate.to_string())?;
+        parse_fault_secs(&self.storm_secs.to_string())?;
+        parse_fault_secs(&self.storm_after_secs.to_string())?;
+        if self.storm_retry_after_secs > 86_400 {
+            return Err("storm Retry-After must be at most 86400 seconds".to_owned());
+        }
         if self.client_id.is_empty() {
             return Err("client id must not be empty".to_owned());
         }
@@ -126,6 +151,9 @@ impl fmt::Debug for SimConfig {
             .field("latency_ms", &self.latency_ms)
             .field("error_rate", &self.error_rate)
             .field("token_ttl_secs", &self.token_ttl_secs)
+            .field("storm_secs", &self.storm_secs)
+            .field("storm_retry_after_secs", &self.storm_retry_after_secs)
+            .field("storm_after_secs", &self.storm_after_secs)
             .finish()
     }
 }
@@ -136,6 +164,16 @@ fn parse_window_secs(raw: &str) -> Result<f64, String> {
         Ok(secs)
     } else {
         Err(format!("quota window must be in (0, 86400] seconds, got {raw}"))
+    }
+}
+
+/// Parses a duration of a fault in seconds, `[0, 86400]`.
+fn parse_fault_secs(raw: &str) -> Result<f64, String> {
+    let secs: f64 = raw.trim().parse().map_err(|e| format!("not a number: {e}"))?;
+    if secs.is_finite() && (0.0..=86_400.0).contains(&secs) {
+        Ok(secs)
+    } else {
+        Err(format!("must be between 0 and 86400 seconds, got {raw}"))
     }
 }
 
@@ -162,7 +200,7 @@ mod tests {
 
     #[test]
     fn clap_defaults_match_for_tests() {
-        const VARS: [&str; 11] = [
+        const VARS: [&str; 14] = [
             "GENESYS_CLIENT_ID",
             "GENESYS_CLIENT_SECRET",
             "GENESYS_INTEGRATION_ID",
@@ -174,6 +212,9 @@ mod tests {
             "SIM_LATENCY_MS",
             "SIM_ERROR_RATE",
             "SIM_TOKEN_TTL_SECS",
+            "SIM_STORM_SECS",
+            "SIM_STORM_RETRY_AFTER_SECS",
+            "SIM_STORM_AFTER_SECS",
         ];
         if VARS.iter().any(|v| std::env::var_os(v).is_some()) {
             return; // the environment overrides the defaults; nothing to compare
@@ -193,6 +234,9 @@ mod tests {
         assert!(Cli::try_parse_from(["sim", "--error-rate", "1.5"]).is_err());
         assert!(Cli::try_parse_from(["sim", "--quota-window-secs", "0"]).is_err());
         assert!(Cli::try_parse_from(["sim", "--quota-window-secs", "0.5"]).is_ok());
+        assert!(Cli::try_parse_from(["sim", "--storm-secs", "-1"]).is_err());
+        let storm = Cli::try_parse_from(["sim", "--storm-secs", "60", "--storm-retry-after-secs", "30"]);
+        assert!(storm.is_ok_and(|c| c.sim.storm_secs == 60.0 && c.sim.storm_retry_after_secs == 30));
     }
 
     #[test]

@@ -19,7 +19,8 @@
 //!
 //! 1. **Authentication** (Open Messaging only): missing, unknown, revoked or expired bearer token →
 //!    401. No quota is consumed and no `inin-ratelimit-*` headers are sent (no client is known).
-//! 2. **Storm** (fault): 429 with the storm's fixed `Retry-After`; no quota is consumed.
+//! 2. **Storm** (fault, or the `--storm-secs` / `--storm-retry-after-secs` / `--storm-after-secs`
+//!    flags): 429 with the storm's fixed `Retry-After`; no quota is consumed.
 //! 3. **Quota**: the call is counted against its key's window; over quota → 429 with
 //!    `Retry-After` = seconds until the window ends.
 //! 4. **Outage** (fault): 503.
@@ -115,7 +116,31 @@ pub async fn spawn(config: SimConfig) -> Result<RunningSim, SimError> {
         addr: bind_addr,
         source,
     })?;
+    let storm = (config.storm_secs > 0.0).then(|| {
+        (
+            Duration::try_from_secs_f64(config.storm_after_secs).unwrap_or_default(),
+            Storm {
+                retry_after_secs: config.storm_retry_after_secs,
+                duration_secs: config.storm_secs,
+            },
+        )
+    });
     let state = Arc::new(SimState::new(config));
+    if let Some((after, storm)) = storm {
+        // The `--storm-*` flags: the same storm as `POST /__sim/faults`, once, `after` from now.
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            if let Err(e) = state.apply_faults(&Faults {
+                storm: Some(storm),
+                ..Faults::default()
+            }) {
+                tracing::warn!(error = %e, "simulator storm not started");
+            } else {
+                tracing::info!("simulator 429 storm started");
+            }
+        });
+    }
     let app = routes::router(Arc::clone(&state));
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -209,6 +234,9 @@ pub async fn run(config: SimConfig, shutdown: impl Future<Output = ()> + Send + 
         latency_ms = c.latency_ms,
         error_rate = c.error_rate,
         token_ttl_secs = c.token_ttl_secs,
+        storm_secs = c.storm_secs,
+        storm_retry_after_secs = c.storm_retry_after_secs,
+        storm_after_secs = c.storm_after_secs,
         "Genesys simulator listening (base_url is both the API and the login base URL)"
     );
     tokio::select! {
@@ -222,5 +250,27 @@ pub async fn run(config: SimConfig, shutdown: impl Future<Output = ()> + Send + 
             Ok(Err(e)) => Err(SimError::Serve(e)),
             Err(e) => Err(SimError::Serve(std::io::Error::other(e))),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_storm_flags_start_a_storm_after_the_delay() {
+        let sim = spawn(SimConfig {
+            storm_secs: 6.0,
+            storm_retry_after_secs: 3,
+            storm_after_secs: 2.0,
+            ..SimConfig::for_tests()
+        })
+        .await
+        .expect("simulator starts");
+        assert_eq!(sim.faults().storm, None);
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let storm = sim.faults().storm.expect("the storm is on");
+        assert_eq!(storm.retry_after_secs, 3);
+        sim.shutdown().await;
     }
 }

@@ -1,0 +1,465 @@
+//! `bench perf`: how fast one worker replica is, against what the broker itself can do.
+//!
+//! Scenarios (each on fresh, prefixed queues; workers are separate processes of this executable):
+//!
+//! - *ceiling*: a bare lapin consume → publish (confirm) → ack loop on a quorum queue, same
+//!   payload and prefetch as the worker: the most any worker could move on this broker.
+//! - *throughput*: the worker end to end against the simulator at 0 ms, with the backlog published
+//!   beforehand; time to the last `session.created` event.
+//! - *latency scaling*: simulator at 200 ms, `WORKER_CONCURRENCY` 1, 16, 64, 256: steady-state
+//!   req/s against Little's law (concurrency / latency).
+//! - *added latency*: 500 req/s offered, simulator at 50 ms: p50 and p99 of
+//!   (event received − request published − 50 ms).
+//! - *memory*: peak RSS of the worker with a 10,000-request backlog and 256 in flight.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties, Connection,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+        QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::{AMQPValue, FieldTable, LongString},
+};
+use tokio::time::Instant;
+
+use super::{BenchError, Lab, WorkerSpec, Workers, spawn_sim, unique_prefix};
+use crate::{
+    amqp::{Publisher, connect, request_message, topology::EVENT_ROUTING_KEY},
+    sim::SimConfig,
+};
+
+/// The `BENCHMARKS.md` section this family owns.
+pub const SECTION: &str = "perf";
+
+/// Sizes of one run; [`PerfOptions::standard`] for figures, [`PerfOptions::smoke`] for CI.
+#[derive(Debug, Clone)]
+pub struct PerfOptions {
+    pub amqp_url: String,
+    pub name_prefix: String,
+    pub worker_exe: Option<std::path::PathBuf>,
+    /// Messages through the ceiling loop and requests through the throughput scenario.
+    pub backlog: usize,
+    /// Prefetch of the ceiling loop and `WORKER_CONCURRENCY` of the throughput scenario.
+    pub prefetch: u16,
+    pub scaling_concurrency: Vec<u16>,
+    pub scaling_latency_ms: u64,
+    /// Seconds of steady state measured per concurrency level.
+    pub scaling_secs: f64,
+    pub offered_rate: u32,
+    pub offered_secs: f64,
+    pub offered_latency_ms: u64,
+    pub memory_backlog: usize,
+    pub memory_concurrency: u16,
+}
+
+impl PerfOptions {
+    pub fn standard(amqp_url: impl Into<String>) -> Self {
+        Self {
+            amqp_url: amqp_url.into(),
+            name_prefix: String::new(),
+            worker_exe: None,
+            backlog: 20_000,
+            prefetch: 256,
+            scaling_concurrency: vec![1, 16, 64, 256],
+            scaling_latency_ms: 200,
+            scaling_secs: 4.0,
+            offered_rate: 500,
+            offered_secs: 10.0,
+            offered_latency_ms: 50,
+            memory_backlog: 10_000,
+            memory_concurrency: 256,
+        }
+    }
+
+    /// Seconds, not minutes: keeps `bench perf` working in CI; figures are not judged.
+    pub fn smoke(amqp_url: impl Into<String>) -> Self {
+        Self {
+            backlog: 300,
+            scaling_concurrency: vec![1, 16],
+            scaling_latency_ms: 20,
+            scaling_secs: 0.5,
+            offered_rate: 100,
+            offered_secs: 1.0,
+            offered_latency_ms: 10,
+            memory_backlog: 300,
+            memory_concurrency: 32,
+            ..Self::standard(amqp_url)
+        }
+    }
+}
+
+/// Everything `bench perf` measured.
+#[derive(Debug, Clone, Default)]
+pub struct PerfReport {
+    pub ceiling_per_sec: f64,
+    pub throughput_per_sec: f64,
+    /// (concurrency, measured req/s, Little's law req/s).
+    pub scaling: Vec<(u16, f64, f64)>,
+    pub added_p50_ms: f64,
+    pub added_p99_ms: f64,
+    pub offered_completed: usize,
+    pub offered_sent: usize,
+    pub peak_rss_mib: f64,
+    pub options_summary: String,
+}
+
+impl PerfReport {
+    pub fn throughput_ratio(&self) -> f64 {
+        if self.ceiling_per_sec > 0.0 { self.throughput_per_sec / self.ceiling_per_sec } else { 0.0 }
+    }
+
+    /// The targets of the performance issue, each with whether it holds.
+    pub fn targets(&self) -> Vec<(String, String, bool)> {
+        let mut rows = vec![(
+            "throughput ≥ 0.45 × ceiling and ≥ 2,000 req/s".to_string(),
+            format!("{:.0} req/s = {:.2} × {:.0}", self.throughput_per_sec, self.throughput_ratio(), self.ceiling_per_sec),
+            self.throughput_ratio() >= 0.45 && self.throughput_per_sec >= 2000.0,
+        )];
+        for (c, measured, little) in &self.scaling {
+            rows.push((
+                format!("concurrency {c}: ≥ 0.9 × Little's law"),
+                format!("{measured:.1} req/s = {:.2} × {little:.1}", measured / little),
+                *measured >= 0.9 * little,
+            ));
+        }
+        rows.push((
+            "p99 added latency ≤ 5 ms at 500 req/s".to_string(),
+            format!("p50 {:.2} ms, p99 {:.2} ms ({} of {} answered)", self.added_p50_ms, self.added_p99_ms, self.offered_completed, self.offered_sent),
+            self.added_p99_ms <= 5.0 && self.offered_completed == self.offered_sent,
+        ));
+        rows.push(("peak RSS ≤ 64 MiB".to_string(), format!("{:.1} MiB", self.peak_rss_mib), self.peak_rss_mib <= 64.0));
+        rows
+    }
+
+    pub fn markdown(&self, machine: &str) -> String {
+        let mut out = String::new();
+        out.push_str("## Performance (`guest-session-worker bench perf`)\n\n");
+        out.push_str(&format!("{machine}\n\n{}\n\n", self.options_summary));
+        out.push_str("| target | measured | met |\n| --- | --- | --- |\n");
+        for (target, measured, met) in self.targets() {
+            out.push_str(&format!("| {target} | {measured} | {} |\n", if met { "yes" } else { "**no**" }));
+        }
+        out
+    }
+}
+
+/// Runs every scenario in turn, reporting progress through `progress`.
+pub async fn run(options: &PerfOptions, progress: &(dyn Fn(&str) + Sync)) -> Result<PerfReport, BenchError> {
+    let mut report = PerfReport {
+        options_summary: format!(
+            "Backlog {} requests, prefetch/concurrency {}; scaling at {} ms; offered {} req/s for {} s at {} ms; memory with {} queued, {} in flight.",
+            options.backlog,
+            options.prefetch,
+            options.scaling_latency_ms,
+            options.offered_rate,
+            options.offered_secs,
+            options.offered_latency_ms,
+            options.memory_backlog,
+            options.memory_concurrency
+        ),
+        ..Default::default()
+    };
+    progress("ceiling: bare consume → publish(confirm) → ack");
+    report.ceiling_per_sec = ceiling(options).await?;
+    progress(&format!("  {:.0} msg/s", report.ceiling_per_sec));
+
+    progress("throughput: worker end to end, simulator at 0 ms");
+    report.throughput_per_sec = throughput(options).await?;
+    progress(&format!("  {:.0} req/s", report.throughput_per_sec));
+
+    for &concurrency in &options.scaling_concurrency {
+        progress(&format!("latency scaling: concurrency {concurrency}, simulator at {} ms", options.scaling_latency_ms));
+        let measured = scaling(options, concurrency).await?;
+        let little = f64::from(concurrency) / (options.scaling_latency_ms as f64 / 1000.0);
+        progress(&format!("  {measured:.1} req/s (Little's law {little:.1})"));
+        report.scaling.push((concurrency, measured, little));
+    }
+
+    progress(&format!("added latency: {} req/s offered, simulator at {} ms", options.offered_rate, options.offered_latency_ms));
+    let (p50, p99, completed, sent) = added_latency(options).await?;
+    (report.added_p50_ms, report.added_p99_ms, report.offered_completed, report.offered_sent) = (p50, p99, completed, sent);
+    progress(&format!("  p50 {p50:.2} ms, p99 {p99:.2} ms"));
+
+    progress(&format!("memory: {} queued, {} in flight", options.memory_backlog, options.memory_concurrency));
+    report.peak_rss_mib = memory(options).await?;
+    progress(&format!("  peak RSS {:.1} MiB", report.peak_rss_mib));
+    Ok(report)
+}
+
+/// A sample request body, the payload every scenario moves.
+fn payload(i: usize) -> Vec<u8> {
+    serde_json::to_vec(&crate::cli::sample::valid(i)).unwrap_or_default()
+}
+
+async fn ceiling(options: &PerfOptions) -> Result<f64, BenchError> {
+    let prefix = unique_prefix(&options.name_prefix, "ceiling");
+    let connection = connect(&options.amqp_url, "guest-session-worker bench ceiling").await?;
+    let admin = connection.create_channel().await?;
+    let source = format!("{prefix}source");
+    let sink = format!("{prefix}sink");
+    let mut quorum = FieldTable::default();
+    quorum.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
+    for queue in [&source, &sink] {
+        admin
+            .queue_declare(queue.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, quorum.clone())
+            .await?;
+    }
+    // Fill the source queue first, so the loop below only measures consume → publish → ack.
+    let publisher = Publisher::open(&connection, 1).await?;
+    let mut pending = Vec::new();
+    for i in 0..options.backlog {
+        let outgoing = crate::amqp::Outgoing {
+            exchange: String::new(),
+            routing_key: source.clone(),
+            payload: payload(i),
+            properties: BasicProperties::default().with_delivery_mode(2),
+            mandatory: false,
+        };
+        pending.push(publisher.submit(outgoing).await?);
+        if pending.len() >= 512 {
+            for p in pending.drain(..) {
+                p.confirmed().await?;
+            }
+        }
+    }
+    for p in pending {
+        p.confirmed().await?;
+    }
+
+    let consume_channel = connection.create_channel().await?;
+    consume_channel.basic_qos(options.prefetch, BasicQosOptions::default()).await?;
+    let publish_channel = connection.create_channel().await?;
+    publish_channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut consumer = consume_channel
+        .basic_consume(source.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    // One task publishes (lapin's confirms are only reliable that way); each confirm is awaited,
+    // and its delivery acked, by a task of its own, so confirms are pipelined.
+    for _ in 0..options.backlog {
+        let Some(Ok(delivery)) = tokio::time::timeout(Duration::from_secs(30), consumer.next()).await.ok().flatten() else {
+            return Err(BenchError::Timeout("the ceiling loop stalled".into()));
+        };
+        let confirm = publish_channel
+            .basic_publish(
+                "".into(),
+                sink.as_str().into(),
+                BasicPublishOptions::default(),
+                &delivery.data,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?;
+        let done = done.clone();
+        tokio::spawn(async move {
+            if matches!(confirm.await, Ok(c) if c.is_ack()) && delivery.acker.ack(BasicAckOptions::default()).await.is_ok() {
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while done.load(std::sync::atomic::Ordering::Relaxed) < options.backlog {
+        if Instant::now() > deadline {
+            return Err(BenchError::Timeout("confirms of the ceiling loop did not arrive".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let rate = options.backlog as f64 / started.elapsed().as_secs_f64();
+    for queue in [&source, &sink] {
+        let _ = admin.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    }
+    let _ = connection.close(200, "bench done".into()).await;
+    Ok(rate)
+}
+
+/// The simulator with an effectively unlimited quota: these scenarios measure the worker, not pacing.
+fn unthrottled_sim(latency_ms: u64) -> SimConfig {
+    SimConfig { quota_per_minute: 100_000_000, latency_ms, ..SimConfig::for_tests() }
+}
+
+fn spec(options: &PerfOptions, sim: &crate::sim::RunningSim, config: &SimConfig, prefix: &str, concurrency: u16) -> WorkerSpec {
+    let mut spec = WorkerSpec::for_sim(sim, config, &options.amqp_url, prefix);
+    if let Some(exe) = &options.worker_exe {
+        spec.exe = exe.clone();
+    }
+    spec.rate_limit_per_minute = 100_000_000;
+    spec.concurrency = concurrency;
+    spec
+}
+
+/// Waits until `count()` reaches `target`; fails after `timeout` without progress.
+async fn wait_for(count: impl Fn() -> u64, target: u64, workers: &mut Workers, timeout: Duration) -> Result<Instant, BenchError> {
+    let mut last = count();
+    let mut last_progress = Instant::now();
+    loop {
+        let now = count();
+        if now >= target {
+            return Ok(Instant::now());
+        }
+        if now != last {
+            last = now;
+            last_progress = Instant::now();
+        } else if last_progress.elapsed() > timeout {
+            return Err(BenchError::Timeout(format!("{now} of {target} requests settled")));
+        }
+        workers.check_alive()?;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn throughput(options: &PerfOptions) -> Result<f64, BenchError> {
+    let config = unthrottled_sim(0);
+    let sim = spawn_sim(config.clone()).await?;
+    let prefix = unique_prefix(&options.name_prefix, "throughput");
+    let lab = Lab::open(&options.amqp_url, &prefix).await?;
+    let outcomes = lab.observe().await?;
+    lab.enqueue(options.backlog).await?;
+    let started = Instant::now();
+    let mut workers = Workers::spawn(&spec(options, &sim, &config, &prefix, options.prefetch), 1).await?;
+    let finished = wait_for(|| outcomes.created.get(), options.backlog as u64, &mut workers, Duration::from_secs(30)).await;
+    workers.stop().await;
+    lab.close().await;
+    sim.shutdown().await;
+    Ok(options.backlog as f64 / (finished? - started).as_secs_f64())
+}
+
+async fn scaling(options: &PerfOptions, concurrency: u16) -> Result<f64, BenchError> {
+    let latency = Duration::from_millis(options.scaling_latency_ms);
+    let config = unthrottled_sim(options.scaling_latency_ms);
+    let sim = spawn_sim(config.clone()).await?;
+    let prefix = unique_prefix(&options.name_prefix, "scaling");
+    let lab = Lab::open(&options.amqp_url, &prefix).await?;
+    let outcomes = lab.observe().await?;
+    // Enough work for warm-up, the measured window and a margin, at Little's rate.
+    let little = f64::from(concurrency) / latency.as_secs_f64();
+    let backlog = (little * (options.scaling_secs + 2.0)).ceil() as usize + usize::from(concurrency);
+    lab.enqueue(backlog).await?;
+    let mut workers = Workers::spawn(&spec(options, &sim, &config, &prefix, concurrency), 1).await?;
+    let result = async {
+        // Warm-up: the first round trip includes the token fetch and connection set-up.
+        wait_for(|| outcomes.created.get(), u64::from(concurrency), &mut workers, Duration::from_secs(30)).await?;
+        let (from, t0) = (outcomes.created.get(), Instant::now());
+        tokio::time::sleep(Duration::from_secs_f64(options.scaling_secs)).await;
+        let (to, t1) = (outcomes.created.get(), Instant::now());
+        Ok::<f64, BenchError>((to - from) as f64 / (t1 - t0).as_secs_f64())
+    }
+    .await;
+    workers.stop().await;
+    lab.close().await;
+    sim.shutdown().await;
+    result
+}
+
+async fn added_latency(options: &PerfOptions) -> Result<(f64, f64, usize, usize), BenchError> {
+    let config = unthrottled_sim(options.offered_latency_ms);
+    let sim = spawn_sim(config.clone()).await?;
+    let prefix = unique_prefix(&options.name_prefix, "latency");
+    let lab = Lab::open(&options.amqp_url, &prefix).await?;
+    let mut workers = Workers::spawn(&spec(options, &sim, &config, &prefix, 64), 1).await?;
+    workers.wait_ready(Duration::from_secs(30)).await?;
+
+    let connection = connect(&options.amqp_url, "guest-session-worker bench latency").await?;
+    let received = watch_events(&connection, &lab.topology.crm_exchange).await?;
+    let publisher = Publisher::open(&connection, 1).await?;
+    // Warm the worker (token, connections) before measuring.
+    for i in 0..20 {
+        publisher.publish(request_message(&lab.topology, payload(i), FieldTable::default())).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let total = (f64::from(options.offered_rate) * options.offered_secs) as usize;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(options.offered_rate));
+    let mut sent_at: HashMap<String, Instant> = HashMap::with_capacity(total);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for i in 0..total {
+        ticker.tick().await;
+        let body = crate::cli::sample::valid(i);
+        let id = body["request_id"].as_str().unwrap_or_default().to_string();
+        let message = request_message(&lab.topology, serde_json::to_vec(&body).unwrap_or_default(), FieldTable::default());
+        // The confirm is not awaited here: an upstream app publishing at this rate would not wait either.
+        let _pending = publisher.submit(message).await?;
+        sent_at.insert(id, Instant::now());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.lock().map(|r| r.len()).unwrap_or(0) < total + 20 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    workers.stop().await;
+    let simulated = Duration::from_millis(options.offered_latency_ms);
+    let mut added: Vec<f64> = received
+        .lock()
+        .map(|r| {
+            r.iter()
+                .filter_map(|(id, at)| sent_at.get(id).map(|s| at.saturating_duration_since(*s).saturating_sub(simulated).as_secs_f64() * 1000.0))
+                .collect()
+        })
+        .unwrap_or_default();
+    added.sort_by(f64::total_cmp);
+    let pct = |p: f64| added.get(((added.len() as f64 * p).ceil() as usize).saturating_sub(1)).copied().unwrap_or(f64::NAN);
+    let (p50, p99, completed) = (pct(0.50), pct(0.99), added.len());
+    let _ = connection.close(200, "bench done".into()).await;
+    lab.close().await;
+    sim.shutdown().await;
+    Ok((p50, p99, completed, total))
+}
+
+/// Records when each `session.created` event (by correlation id) reached an exclusive queue.
+async fn watch_events(connection: &Connection, exchange: &str) -> Result<Arc<Mutex<HashMap<String, Instant>>>, BenchError> {
+    let channel = connection.create_channel().await?;
+    let queue = channel
+        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+        .await?;
+    channel
+        .queue_bind(queue.name().clone(), exchange.into(), EVENT_ROUTING_KEY.into(), QueueBindOptions::default(), FieldTable::default())
+        .await?;
+    let mut consumer = channel
+        .basic_consume(queue.name().clone(), "".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .await?;
+    let received = Arc::new(Mutex::new(HashMap::new()));
+    let sink = received.clone();
+    tokio::spawn(async move {
+        let _channel = channel;
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let at = Instant::now();
+            if let Some(id) = delivery.properties.correlation_id().as_ref() {
+                if let Ok(mut map) = sink.lock() {
+                    map.insert(id.to_string(), at);
+                }
+            }
+        }
+    });
+    Ok(received)
+}
+
+async fn memory(options: &PerfOptions) -> Result<f64, BenchError> {
+    let config = unthrottled_sim(options.offered_latency_ms);
+    let sim = spawn_sim(config.clone()).await?;
+    let prefix = unique_prefix(&options.name_prefix, "memory");
+    let lab = Lab::open(&options.amqp_url, &prefix).await?;
+    let outcomes = lab.observe().await?;
+    lab.enqueue(options.memory_backlog).await?;
+    let mut workers = Workers::spawn(&spec(options, &sim, &config, &prefix, options.memory_concurrency), 1).await?;
+    let pids = workers.pids();
+    let finished = wait_for(|| outcomes.created.get(), options.memory_backlog as u64, &mut workers, Duration::from_secs(60)).await;
+    let peak = pids.iter().filter_map(|pid| peak_rss_kib(*pid)).max().unwrap_or(0);
+    workers.stop().await;
+    lab.close().await;
+    sim.shutdown().await;
+    finished?;
+    Ok(peak as f64 / 1024.0)
+}
+
+/// `VmHWM` (peak resident set) of a live process, in KiB (Linux only).
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

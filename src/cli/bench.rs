@@ -1,0 +1,172 @@
+//! `bench`: benchmarks against the local broker, with worker processes of this executable; each
+//! family writes its section of `BENCHMARKS.md` (or `--output`).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::{
+    amqp::AmqpArgs,
+    bench::{
+        self,
+        perf::{self, PerfOptions},
+        rate_limit::{self, RateLimitOptions, Scenario},
+    },
+    telemetry::{LogFormat, Telemetry},
+};
+
+#[derive(clap::Subcommand)]
+pub enum BenchCommand {
+    /// One Genesys quota shared by 1 or N worker processes: goodput, 429s, dead letters, and a
+    /// 429 storm. Build with --release for figures worth quoting.
+    RateLimit(RateLimitArgs),
+    /// One worker replica against the bare-broker ceiling: throughput, latency scaling (Little's
+    /// law), added latency at 500 req/s, peak memory. Build with --release.
+    Perf(PerfArgs),
+}
+
+#[derive(clap::Args)]
+pub struct PerfArgs {
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    /// A tiny run of a few seconds (CI); figures are not judged.
+    #[arg(long)]
+    pub smoke: bool,
+    /// The Markdown file whose performance section is (re)written.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    pub output: PathBuf,
+    /// Exit non-zero when a target is missed.
+    #[arg(long)]
+    pub check: bool,
+    /// The worker executable (default: this one).
+    #[arg(long)]
+    pub worker_exe: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct RateLimitArgs {
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    /// Worker processes per scenario, comma-separated (each count is one line of the table).
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 3])]
+    pub replicas: Vec<usize>,
+    /// Scenarios to run, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Steady, Scenario::Storm])]
+    pub scenario: Vec<Scenario>,
+    /// A tiny run of a few seconds (CI): one replica, small quota and windows; targets not judged.
+    #[arg(long)]
+    pub smoke: bool,
+    /// The Markdown file whose rate-limit section is (re)written.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    pub output: PathBuf,
+    /// Exit non-zero when a target of the issue is missed (always when a request is lost).
+    #[arg(long)]
+    pub check: bool,
+    /// Calls per window of the simulated quota.
+    #[arg(long)]
+    pub quota: Option<u32>,
+    /// Length of the steady scenario's quota window, in seconds.
+    #[arg(long)]
+    pub window_secs: Option<f64>,
+    /// Simulated Genesys latency per call, in milliseconds.
+    #[arg(long)]
+    pub latency_ms: Option<u64>,
+    /// The worker executable (default: this one).
+    #[arg(long)]
+    pub worker_exe: Option<PathBuf>,
+}
+
+pub async fn run(command: BenchCommand, log_format: LogFormat) -> anyhow::Result<()> {
+    let telemetry = Telemetry::init(log_format, "warn")?;
+    let result = match command {
+        BenchCommand::RateLimit(args) => rate_limit(args).await,
+        BenchCommand::Perf(args) => perf(args).await,
+    };
+    telemetry.shutdown();
+    result
+}
+
+async fn rate_limit(args: RateLimitArgs) -> anyhow::Result<()> {
+    let mut options = if args.smoke {
+        RateLimitOptions::smoke(args.amqp.url.clone())
+    } else {
+        RateLimitOptions::standard(args.amqp.url.clone())
+    };
+    options.name_prefix = args.amqp.name_prefix.clone();
+    options.worker_exe = args.worker_exe;
+    options.scenarios = args.scenario;
+    if !args.smoke || args.replicas != [1, 3] {
+        options.replicas = args.replicas;
+    }
+    anyhow::ensure!(
+        options.replicas.iter().all(|r| (1..=16).contains(r)),
+        "--replicas must be between 1 and 16"
+    );
+    if let Some(quota) = args.quota {
+        anyhow::ensure!(quota >= 1, "--quota must be at least 1");
+        options.quota = quota;
+    }
+    if let Some(secs) = args.window_secs {
+        options.window = std::time::Duration::try_from_secs_f64(secs)
+            .ok()
+            .filter(|w| *w >= std::time::Duration::from_secs(1))
+            .context("--window-secs must be at least 1")?;
+    }
+    if let Some(ms) = args.latency_ms {
+        options.latency_ms = ms;
+    }
+    if !args.smoke && cfg!(debug_assertions) {
+        eprintln!("note: a debug build; run `cargo run --release -- bench rate-limit` for figures worth quoting");
+    }
+
+    let report = rate_limit::run(options, &|line| eprintln!("{line}"))
+        .await
+        .context("the rate-limit benchmark could not run")?;
+    let markdown = report.markdown();
+    bench::write_section(&args.output, rate_limit::SECTION, &markdown)?;
+    println!("{markdown}");
+    eprintln!("wrote the rate-limit section of {}", args.output.display());
+    anyhow::ensure!(
+        report.nothing_lost(),
+        "requests were lost or dead-lettered (see the table)"
+    );
+    if args.check {
+        anyhow::ensure!(report.targets_met(), "a target was missed (see the table)");
+    }
+    Ok(())
+}
+
+async fn perf(args: PerfArgs) -> anyhow::Result<()> {
+    let mut options =
+        if args.smoke { PerfOptions::smoke(args.amqp.url.clone()) } else { PerfOptions::standard(args.amqp.url.clone()) };
+    options.name_prefix = args.amqp.name_prefix.clone();
+    options.worker_exe = args.worker_exe;
+    if !args.smoke && cfg!(debug_assertions) {
+        eprintln!("note: a debug build; run `cargo run --release -- bench perf` for figures worth quoting");
+    }
+    let report = perf::run(&options, &|line| eprintln!("{line}")).await.context("the performance benchmark could not run")?;
+    let markdown = report.markdown(&machine_line());
+    bench::write_section(&args.output, perf::SECTION, &markdown)?;
+    println!("{markdown}");
+    eprintln!("wrote the performance section of {}", args.output.display());
+    if args.check {
+        anyhow::ensure!(report.targets().iter().all(|(_, _, met)| *met), "a target was missed (see the table)");
+    }
+    Ok(())
+}
+
+/// Date, cores, memory, broker and crate versions: what a reader needs to compare runs.
+fn machine_line() -> String {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()))
+        .map(|kb| format!("{:.0} GiB", kb as f64 / 1024.0 / 1024.0))
+        .unwrap_or_else(|| "? GiB".into());
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    format!(
+        "Reproduce with `cargo run --release -- bench perf` (RabbitMQ at `AMQP_URL`). Last run {} on {cores} cores, {memory}; guest-session-worker {} ({profile} build), lapin 4.12.",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        env!("CARGO_PKG_VERSION"),
+    )
+}

@@ -1,0 +1,31 @@
+//! `bench rate-limit --smoke`: the benchmark runs end to end (simulator, worker processes, broker)
+//! and writes its table where it is told, never to the repository's BENCHMARKS.md.
+
+use crate::helpers::{amqp_url, unique_prefix};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_smoke_run_exits_zero_and_writes_its_table() {
+    let url = amqp_url().await;
+    let dir = std::env::temp_dir().join(format!("gsw-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("BENCHMARKS.md");
+    std::fs::write(&path, "# Benchmarks\n\nkept as is\n").expect("seed file");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_guest-session-worker"))
+        .args(["bench", "rate-limit", "--smoke", "--output"])
+        .arg(&path)
+        .env("AMQP_URL", &url)
+        .env("AMQP_NAME_PREFIX", unique_prefix())
+        .env("LOG_FORMAT", "pretty")
+        .output()
+        .await
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed: {stderr}");
+    let table = std::fs::read_to_string(&path).expect("the table was written");
+    assert!(table.contains("kept as is"), "{table}");
+    assert!(table.contains("## Rate limits"), "{table}");
+    assert!(table.contains("| steady backlog | 1 |"), "{table}");
+    assert!(table.contains("| 429 storm | 1 |"), "{table}");
+    assert!(table.contains("bench:rate-limit:end"), "{table}");
+    std::fs::remove_dir_all(&dir).expect("temp dir removed");
+}
