@@ -55,6 +55,8 @@ struct Job {
 #[derive(Clone)]
 pub struct Publisher {
     lanes: Arc<[mpsc::Sender<Job>]>,
+    /// The lanes' channels, only to read their status (every publish goes through the lane task).
+    channels: Arc<[Channel]>,
     next: Arc<AtomicUsize>,
 }
 
@@ -62,15 +64,18 @@ impl Publisher {
     /// Opens `lanes` confirm-mode channels on `connection`, each driven by its own task.
     pub async fn open(connection: &Connection, lanes: usize) -> Result<Self, lapin::Error> {
         let mut senders = Vec::with_capacity(lanes.max(1));
+        let mut channels = Vec::with_capacity(lanes.max(1));
         for _ in 0..lanes.max(1) {
             let channel = connection.create_channel().await?;
             channel.confirm_select(ConfirmSelectOptions::default()).await?;
             let (tx, rx) = mpsc::channel(1024);
+            channels.push(channel.clone());
             tokio::spawn(drive_lane(channel, rx));
             senders.push(tx);
         }
         Ok(Self {
             lanes: senders.into(),
+            channels: channels.into(),
             next: Arc::new(AtomicUsize::new(0)),
         })
     }
@@ -124,6 +129,14 @@ impl Publisher {
     /// True while at least one lane still runs (its channel is open).
     pub fn is_open(&self) -> bool {
         self.lanes.iter().any(|lane| !lane.is_closed())
+    }
+
+    /// True while every lane runs on an open channel. A channel error on a publish (say, to an
+    /// exchange that was deleted) or the connection going away closes a lane's channel at once,
+    /// before its task notices; the worker then reconnects, since every publish routed to that
+    /// lane would fail.
+    pub fn all_lanes_open(&self) -> bool {
+        self.lanes.iter().all(|lane| !lane.is_closed()) && self.channels.iter().all(|c| c.status().connected())
     }
 }
 

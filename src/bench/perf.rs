@@ -112,14 +112,23 @@ pub struct PerfReport {
 
 impl PerfReport {
     pub fn throughput_ratio(&self) -> f64 {
-        if self.ceiling_per_sec > 0.0 { self.throughput_per_sec / self.ceiling_per_sec } else { 0.0 }
+        if self.ceiling_per_sec > 0.0 {
+            self.throughput_per_sec / self.ceiling_per_sec
+        } else {
+            0.0
+        }
     }
 
     /// The targets of the performance issue, each with whether it holds.
     pub fn targets(&self) -> Vec<(String, String, bool)> {
         let mut rows = vec![(
             "throughput ≥ 0.45 × ceiling and ≥ 2,000 req/s".to_string(),
-            format!("{:.0} req/s = {:.2} × {:.0}", self.throughput_per_sec, self.throughput_ratio(), self.ceiling_per_sec),
+            format!(
+                "{:.0} req/s = {:.2} × {:.0}",
+                self.throughput_per_sec,
+                self.throughput_ratio(),
+                self.ceiling_per_sec
+            ),
             self.throughput_ratio() >= 0.45 && self.throughput_per_sec >= 2000.0,
         )];
         for (c, measured, little) in &self.scaling {
@@ -131,10 +140,17 @@ impl PerfReport {
         }
         rows.push((
             "p99 added latency ≤ 5 ms at 500 req/s".to_string(),
-            format!("p50 {:.2} ms, p99 {:.2} ms ({} of {} answered)", self.added_p50_ms, self.added_p99_ms, self.offered_completed, self.offered_sent),
+            format!(
+                "p50 {:.2} ms, p99 {:.2} ms ({} of {} answered)",
+                self.added_p50_ms, self.added_p99_ms, self.offered_completed, self.offered_sent
+            ),
             self.added_p99_ms <= 5.0 && self.offered_completed == self.offered_sent,
         ));
-        rows.push(("peak RSS ≤ 64 MiB".to_string(), format!("{:.1} MiB", self.peak_rss_mib), self.peak_rss_mib <= 64.0));
+        rows.push((
+            "peak RSS ≤ 64 MiB".to_string(),
+            format!("{:.1} MiB", self.peak_rss_mib),
+            self.peak_rss_mib <= 64.0,
+        ));
         rows
     }
 
@@ -144,7 +160,10 @@ impl PerfReport {
         out.push_str(&format!("{machine}\n\n{}\n\n", self.options_summary));
         out.push_str("| target | measured | met |\n| --- | --- | --- |\n");
         for (target, measured, met) in self.targets() {
-            out.push_str(&format!("| {target} | {measured} | {} |\n", if met { "yes" } else { "**no**" }));
+            out.push_str(&format!(
+                "| {target} | {measured} | {} |\n",
+                if met { "yes" } else { "**no**" }
+            ));
         }
         out
     }
@@ -175,19 +194,33 @@ pub async fn run(options: &PerfOptions, progress: &(dyn Fn(&str) + Sync)) -> Res
     progress(&format!("  {:.0} req/s", report.throughput_per_sec));
 
     for &concurrency in &options.scaling_concurrency {
-        progress(&format!("latency scaling: concurrency {concurrency}, simulator at {} ms", options.scaling_latency_ms));
+        progress(&format!(
+            "latency scaling: concurrency {concurrency}, simulator at {} ms",
+            options.scaling_latency_ms
+        ));
         let measured = scaling(options, concurrency).await?;
         let little = f64::from(concurrency) / (options.scaling_latency_ms as f64 / 1000.0);
         progress(&format!("  {measured:.1} req/s (Little's law {little:.1})"));
         report.scaling.push((concurrency, measured, little));
     }
 
-    progress(&format!("added latency: {} req/s offered, simulator at {} ms", options.offered_rate, options.offered_latency_ms));
+    progress(&format!(
+        "added latency: {} req/s offered, simulator at {} ms",
+        options.offered_rate, options.offered_latency_ms
+    ));
     let (p50, p99, completed, sent) = added_latency(options).await?;
-    (report.added_p50_ms, report.added_p99_ms, report.offered_completed, report.offered_sent) = (p50, p99, completed, sent);
+    (
+        report.added_p50_ms,
+        report.added_p99_ms,
+        report.offered_completed,
+        report.offered_sent,
+    ) = (p50, p99, completed, sent);
     progress(&format!("  p50 {p50:.2} ms, p99 {p99:.2} ms"));
 
-    progress(&format!("memory: {} queued, {} in flight", options.memory_backlog, options.memory_concurrency));
+    progress(&format!(
+        "memory: {} queued, {} in flight",
+        options.memory_backlog, options.memory_concurrency
+    ));
     report.peak_rss_mib = memory(options).await?;
     progress(&format!("  peak RSS {:.1} MiB", report.peak_rss_mib));
     Ok(report)
@@ -208,7 +241,14 @@ async fn ceiling(options: &PerfOptions) -> Result<f64, BenchError> {
     quorum.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
     for queue in [&source, &sink] {
         admin
-            .queue_declare(queue.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, quorum.clone())
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                quorum.clone(),
+            )
             .await?;
     }
     // Fill the source queue first, so the loop below only measures consume → publish → ack.
@@ -234,18 +274,29 @@ async fn ceiling(options: &PerfOptions) -> Result<f64, BenchError> {
     }
 
     let consume_channel = connection.create_channel().await?;
-    consume_channel.basic_qos(options.prefetch, BasicQosOptions::default()).await?;
+    consume_channel
+        .basic_qos(options.prefetch, BasicQosOptions::default())
+        .await?;
     let publish_channel = connection.create_channel().await?;
     publish_channel.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut consumer = consume_channel
-        .basic_consume(source.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            source.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     // One task publishes (lapin's confirms are only reliable that way); each confirm is awaited,
     // and its delivery acked, by a task of its own, so confirms are pipelined.
     for _ in 0..options.backlog {
-        let Some(Ok(delivery)) = tokio::time::timeout(Duration::from_secs(30), consumer.next()).await.ok().flatten() else {
+        let Some(Ok(delivery)) = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+            .await
+            .ok()
+            .flatten()
+        else {
             return Err(BenchError::Timeout("the ceiling loop stalled".into()));
         };
         let confirm = publish_channel
@@ -259,7 +310,9 @@ async fn ceiling(options: &PerfOptions) -> Result<f64, BenchError> {
             .await?;
         let done = done.clone();
         tokio::spawn(async move {
-            if matches!(confirm.await, Ok(c) if c.is_ack()) && delivery.acker.ack(BasicAckOptions::default()).await.is_ok() {
+            if matches!(confirm.await, Ok(c) if c.is_ack())
+                && delivery.acker.ack(BasicAckOptions::default()).await.is_ok()
+            {
                 done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         });
@@ -267,13 +320,17 @@ async fn ceiling(options: &PerfOptions) -> Result<f64, BenchError> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while done.load(std::sync::atomic::Ordering::Relaxed) < options.backlog {
         if Instant::now() > deadline {
-            return Err(BenchError::Timeout("confirms of the ceiling loop did not arrive".into()));
+            return Err(BenchError::Timeout(
+                "confirms of the ceiling loop did not arrive".into(),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let rate = options.backlog as f64 / started.elapsed().as_secs_f64();
     for queue in [&source, &sink] {
-        let _ = admin.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+        let _ = admin
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
     }
     let _ = connection.close(200, "bench done".into()).await;
     Ok(rate)
@@ -281,10 +338,20 @@ async fn ceiling(options: &PerfOptions) -> Result<f64, BenchError> {
 
 /// The simulator with an effectively unlimited quota: these scenarios measure the worker, not pacing.
 fn unthrottled_sim(latency_ms: u64) -> SimConfig {
-    SimConfig { quota_per_minute: 100_000_000, latency_ms, ..SimConfig::for_tests() }
+    SimConfig {
+        quota_per_minute: 100_000_000,
+        latency_ms,
+        ..SimConfig::for_tests()
+    }
 }
 
-fn spec(options: &PerfOptions, sim: &crate::sim::RunningSim, config: &SimConfig, prefix: &str, concurrency: u16) -> WorkerSpec {
+fn spec(
+    options: &PerfOptions,
+    sim: &crate::sim::RunningSim,
+    config: &SimConfig,
+    prefix: &str,
+    concurrency: u16,
+) -> WorkerSpec {
     let mut spec = WorkerSpec::for_sim(sim, config, &options.amqp_url, prefix);
     if let Some(exe) = &options.worker_exe {
         spec.exe = exe.clone();
@@ -295,7 +362,12 @@ fn spec(options: &PerfOptions, sim: &crate::sim::RunningSim, config: &SimConfig,
 }
 
 /// Waits until `count()` reaches `target`; fails after `timeout` without progress.
-async fn wait_for(count: impl Fn() -> u64, target: u64, workers: &mut Workers, timeout: Duration) -> Result<Instant, BenchError> {
+async fn wait_for(
+    count: impl Fn() -> u64,
+    target: u64,
+    workers: &mut Workers,
+    timeout: Duration,
+) -> Result<Instant, BenchError> {
     let mut last = count();
     let mut last_progress = Instant::now();
     loop {
@@ -323,7 +395,13 @@ async fn throughput(options: &PerfOptions) -> Result<f64, BenchError> {
     lab.enqueue(options.backlog).await?;
     let started = Instant::now();
     let mut workers = Workers::spawn(&spec(options, &sim, &config, &prefix, options.prefetch), 1).await?;
-    let finished = wait_for(|| outcomes.created.get(), options.backlog as u64, &mut workers, Duration::from_secs(30)).await;
+    let finished = wait_for(
+        || outcomes.created.get(),
+        options.backlog as u64,
+        &mut workers,
+        Duration::from_secs(30),
+    )
+    .await;
     workers.stop().await;
     lab.close().await;
     sim.shutdown().await;
@@ -344,7 +422,13 @@ async fn scaling(options: &PerfOptions, concurrency: u16) -> Result<f64, BenchEr
     let mut workers = Workers::spawn(&spec(options, &sim, &config, &prefix, concurrency), 1).await?;
     let result = async {
         // Warm-up: the first round trip includes the token fetch and connection set-up.
-        wait_for(|| outcomes.created.get(), u64::from(concurrency), &mut workers, Duration::from_secs(30)).await?;
+        wait_for(
+            || outcomes.created.get(),
+            u64::from(concurrency),
+            &mut workers,
+            Duration::from_secs(30),
+        )
+        .await?;
         let (from, t0) = (outcomes.created.get(), Instant::now());
         tokio::time::sleep(Duration::from_secs_f64(options.scaling_secs)).await;
         let (to, t1) = (outcomes.created.get(), Instant::now());
@@ -370,7 +454,9 @@ async fn added_latency(options: &PerfOptions) -> Result<(f64, f64, usize, usize)
     let publisher = Publisher::open(&connection, 1).await?;
     // Warm the worker (token, connections) before measuring.
     for i in 0..20 {
-        publisher.publish(request_message(&lab.topology, payload(i), FieldTable::default())).await?;
+        publisher
+            .publish(request_message(&lab.topology, payload(i), FieldTable::default()))
+            .await?;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -383,7 +469,11 @@ async fn added_latency(options: &PerfOptions) -> Result<(f64, f64, usize, usize)
         ticker.tick().await;
         let body = crate::cli::sample::valid(i);
         let id = body["request_id"].as_str().unwrap_or_default().to_string();
-        let message = request_message(&lab.topology, serde_json::to_vec(&body).unwrap_or_default(), FieldTable::default());
+        let message = request_message(
+            &lab.topology,
+            serde_json::to_vec(&body).unwrap_or_default(),
+            FieldTable::default(),
+        );
         // The confirm is not awaited here: an upstream app publishing at this rate would not wait either.
         let _pending = publisher.submit(message).await?;
         sent_at.insert(id, Instant::now());
@@ -398,12 +488,21 @@ async fn added_latency(options: &PerfOptions) -> Result<(f64, f64, usize, usize)
         .lock()
         .map(|r| {
             r.iter()
-                .filter_map(|(id, at)| sent_at.get(id).map(|s| at.saturating_duration_since(*s).saturating_sub(simulated).as_secs_f64() * 1000.0))
+                .filter_map(|(id, at)| {
+                    sent_at
+                        .get(id)
+                        .map(|s| at.saturating_duration_since(*s).saturating_sub(simulated).as_secs_f64() * 1000.0)
+                })
                 .collect()
         })
         .unwrap_or_default();
     added.sort_by(f64::total_cmp);
-    let pct = |p: f64| added.get(((added.len() as f64 * p).ceil() as usize).saturating_sub(1)).copied().unwrap_or(f64::NAN);
+    let pct = |p: f64| {
+        added
+            .get(((added.len() as f64 * p).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
     let (p50, p99, completed) = (pct(0.50), pct(0.99), added.len());
     let _ = connection.close(200, "bench done".into()).await;
     lab.close().await;
@@ -412,16 +511,41 @@ async fn added_latency(options: &PerfOptions) -> Result<(f64, f64, usize, usize)
 }
 
 /// Records when each `session.created` event (by correlation id) reached an exclusive queue.
-async fn watch_events(connection: &Connection, exchange: &str) -> Result<Arc<Mutex<HashMap<String, Instant>>>, BenchError> {
+async fn watch_events(
+    connection: &Connection,
+    exchange: &str,
+) -> Result<Arc<Mutex<HashMap<String, Instant>>>, BenchError> {
     let channel = connection.create_channel().await?;
     let queue = channel
-        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await?;
     channel
-        .queue_bind(queue.name().clone(), exchange.into(), EVENT_ROUTING_KEY.into(), QueueBindOptions::default(), FieldTable::default())
+        .queue_bind(
+            queue.name().clone(),
+            exchange.into(),
+            EVENT_ROUTING_KEY.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     let mut consumer = channel
-        .basic_consume(queue.name().clone(), "".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await?;
     let received = Arc::new(Mutex::new(HashMap::new()));
     let sink = received.clone();
@@ -448,7 +572,13 @@ async fn memory(options: &PerfOptions) -> Result<f64, BenchError> {
     lab.enqueue(options.memory_backlog).await?;
     let mut workers = Workers::spawn(&spec(options, &sim, &config, &prefix, options.memory_concurrency), 1).await?;
     let pids = workers.pids();
-    let finished = wait_for(|| outcomes.created.get(), options.memory_backlog as u64, &mut workers, Duration::from_secs(60)).await;
+    let finished = wait_for(
+        || outcomes.created.get(),
+        options.memory_backlog as u64,
+        &mut workers,
+        Duration::from_secs(60),
+    )
+    .await;
     let peak = pids.iter().filter_map(|pid| peak_rss_kib(*pid)).max().unwrap_or(0);
     workers.stop().await;
     lab.close().await;

@@ -137,20 +137,28 @@ async fn rate_limit(args: RateLimitArgs) -> anyhow::Result<()> {
 }
 
 async fn perf(args: PerfArgs) -> anyhow::Result<()> {
-    let mut options =
-        if args.smoke { PerfOptions::smoke(args.amqp.url.clone()) } else { PerfOptions::standard(args.amqp.url.clone()) };
+    let mut options = if args.smoke {
+        PerfOptions::smoke(args.amqp.url.clone())
+    } else {
+        PerfOptions::standard(args.amqp.url.clone())
+    };
     options.name_prefix = args.amqp.name_prefix.clone();
     options.worker_exe = args.worker_exe;
     if !args.smoke && cfg!(debug_assertions) {
         eprintln!("note: a debug build; run `cargo run --release -- bench perf` for figures worth quoting");
     }
-    let report = perf::run(&options, &|line| eprintln!("{line}")).await.context("the performance benchmark could not run")?;
+    let report = perf::run(&options, &|line| eprintln!("{line}"))
+        .await
+        .context("the performance benchmark could not run")?;
     let markdown = report.markdown(&machine_line());
     bench::write_section(&args.output, perf::SECTION, &markdown)?;
     println!("{markdown}");
     eprintln!("wrote the performance section of {}", args.output.display());
     if args.check {
-        anyhow::ensure!(report.targets().iter().all(|(_, _, met)| *met), "a target was missed (see the table)");
+        anyhow::ensure!(
+            report.targets().iter().all(|(_, _, met)| *met),
+            "a target was missed (see the table)"
+        );
     }
     Ok(())
 }
@@ -160,7 +168,12 @@ fn machine_line() -> String {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()))
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
         .map(|kb| format!("{:.0} GiB", kb as f64 / 1024.0 / 1024.0))
         .unwrap_or_else(|| "? GiB".into());
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };

@@ -1,4 +1,7 @@
 //! `run`: the production worker.
+//!
+//! SIGTERM or SIGINT stops it gracefully: no new deliveries, in-flight requests finish within
+//! `WORKER_SHUTDOWN_GRACE_SECS`, the rest go back to the queue, telemetry is flushed, exit 0.
 
 use anyhow::Context;
 
@@ -45,12 +48,21 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     .await?;
     tracing::info!(%health_addr, queue = %settings.topology.request_queue, concurrency = settings.concurrency, "starting worker");
 
+    let grace = settings.shutdown_grace;
     let worker = Worker::start(settings, genesys, metrics, readiness).await?;
     let cancel = worker.cancel_token();
     tokio::spawn(async move {
         super::shutdown_signal().await;
-        tracing::info!("shutdown requested; finishing in-flight requests");
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            "shutdown requested; finishing in-flight requests (signal again to stop at once)"
+        );
         cancel.cancel();
+        // An operator who signals twice wants out now. Unacked deliveries go back to the queue
+        // when the connection drops, so this loses nothing; it only skips the wait.
+        super::shutdown_signal().await;
+        tracing::warn!("second shutdown signal; exiting without waiting for in-flight requests");
+        std::process::exit(130);
     });
     worker.wait().await;
     health_cancel.cancel();

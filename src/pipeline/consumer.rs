@@ -1,21 +1,37 @@
 //! One connected session of the worker: consume with bounded concurrency until shutdown or until
-//! the broker connection is lost.
+//! the broker connection, the consumer channel, a publisher lane or the consumer itself is lost.
+//!
+//! Every delivery is settled exactly one way: acked after its publishes are confirmed, nacked
+//! with requeue when they were not, or — when its channel died — left to the broker, which
+//! requeues every unacked delivery of a closed channel. A delivery is never acked on a guess.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use futures_util::StreamExt;
 use lapin::{
-    Connection,
+    Acker, Channel, Connection,
     message::Delivery,
     options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
     types::FieldTable,
 };
-use tokio::{sync::Semaphore, task::JoinSet};
+use tokio::{
+    sync::{Notify, Semaphore},
+    task::JoinSet,
+    time::{Instant, Interval, MissedTickBehavior},
+};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info_span};
+use tracing::{Instrument, field, info_span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::{Disposition, PipelineContext, process::process};
+use super::{
+    Disposition, PipelineContext,
+    inflight::{Claim, InFlightRequests, RequestKey},
+    process::process,
+};
 use crate::{health::Readiness, telemetry::propagation};
 
 /// Why a session ended.
@@ -23,17 +39,33 @@ use crate::{health::Readiness, telemetry::propagation};
 pub enum SessionEnd {
     /// Shutdown was requested and in-flight work has been settled.
     Shutdown,
-    /// The connection, channel or consumer went away; reconnect.
+    /// The connection, a channel or the consumer went away; reconnect.
     Lost(String),
 }
 
 pub struct SessionSettings {
     pub concurrency: usize,
+    /// The whole budget of a graceful shutdown, from the signal to the closed channel.
     pub shutdown_grace: Duration,
     pub consumer_tag: String,
+    /// Copies of one request in flight together are processed once; shared by every session of
+    /// the worker.
+    pub requests: InFlightRequests,
 }
 
-/// Consumes until `cancel` fires or the consumer stream ends.
+/// How often a session checks its connection, consumer channel and publisher lanes. The consumer
+/// stream reports a lost channel at once, but only while the loop waits on it: when every slot is
+/// busy (handlers retrying an unavailable Genesys) or only a publisher lane died, this check is
+/// what notices.
+const LIVENESS_INTERVAL: Duration = Duration::from_secs(1);
+/// Part of the shutdown grace kept for nacking what is left and closing the channel.
+const SETTLE_RESERVE: Duration = Duration::from_secs(1);
+/// Bound on each broker round trip made while a session ends (the broker may be gone).
+const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long to wait for deliveries the broker sent before it confirmed the consumer's cancel.
+const BUFFERED_WAIT: Duration = Duration::from_millis(200);
+
+/// Consumes until `cancel` fires or the session is lost.
 pub async fn consume(
     connection: &Connection,
     ctx: Arc<PipelineContext>,
@@ -43,7 +75,8 @@ pub async fn consume(
 ) -> Result<SessionEnd, lapin::Error> {
     let channel = connection.create_channel().await?;
     // Prefetch equals the in-flight bound: the broker never hands us more than we will work on,
-    // so nothing waits unacknowledged in our memory while another replica could take it.
+    // so nothing waits unacknowledged in our memory while another replica could take it. It is
+    // also the most requests a crash of this process can leave half done.
     let prefetch = u16::try_from(settings.concurrency).unwrap_or(u16::MAX);
     channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
     let mut consumer = channel
@@ -63,11 +96,18 @@ pub async fn consume(
 
     let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
     let mut in_flight = JoinSet::new();
+    let unsettled = Unsettled::default();
+    let mut liveness = tokio::time::interval(LIVENESS_INTERVAL);
+    liveness.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // A handler whose publish failed asks for a check at once: a dead publisher channel must stop
+    // the session before the requeued delivery comes straight back to fail again.
+    let check_now = Arc::new(Notify::new());
     let end = loop {
         // Reap finished handlers so the set does not grow with the backlog.
         while in_flight.try_join_next().is_some() {}
         let permit = tokio::select! {
             _ = cancel.cancelled() => break SessionEnd::Shutdown,
+            cause = lost(&mut liveness, &check_now, connection, &channel, &ctx) => break SessionEnd::Lost(cause),
             permit = slots.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break SessionEnd::Shutdown,
@@ -75,60 +115,189 @@ pub async fn consume(
         };
         let next = tokio::select! {
             _ = cancel.cancelled() => break SessionEnd::Shutdown,
-            next = consumer.next() => next,
+            cause = lost(&mut liveness, &check_now, connection, &channel, &ctx) => break SessionEnd::Lost(cause),
+            // Backpressure (issue 5, owned by genesys::client): while a 429 pauses Genesys calls or
+            // the circuit is open, take no new delivery (it stays in the queue); requests already
+            // in flight wait within their own retry budget. Resolves at once when healthy.
+            next = async {
+                ctx.genesys.accepting().await;
+                consumer.next().await
+            } => next,
         };
         match next {
             Some(Ok(delivery)) => {
                 let ctx = ctx.clone();
+                let requests = settings.requests.clone();
+                let unsettled = unsettled.clone();
+                let check_now = check_now.clone();
+                unsettled.track(&delivery);
                 in_flight.spawn(async move {
-                    handle(&ctx, delivery).await;
+                    let tag = delivery.delivery_tag;
+                    handle(&ctx, &requests, &check_now, delivery).await;
+                    unsettled.forget(tag);
                     drop(permit);
                 });
             }
             Some(Err(error)) => break SessionEnd::Lost(error.to_string()),
-            None => break SessionEnd::Lost("the broker cancelled the consumer or closed the channel".into()),
+            None => break SessionEnd::Lost("the broker cancelled the consumer (was the queue deleted?)".into()),
         }
     };
     readiness.set_ready(false);
+    let ended_at = Instant::now();
 
-    match end {
+    match &end {
         SessionEnd::Shutdown => {
-            // Stop deliveries first, then let in-flight work finish within the grace period.
-            if let Err(error) = channel
-                .basic_cancel(settings.consumer_tag.as_str().into(), BasicCancelOptions::default())
-                .await
-            {
-                tracing::warn!(%error, "cancelling the consumer failed");
-            }
-            let drained = tokio::time::timeout(settings.shutdown_grace, async {
-                while in_flight.join_next().await.is_some() {}
-            })
-            .await;
-            if drained.is_err() {
-                tracing::warn!(
-                    remaining = in_flight.len(),
-                    "shutdown grace period over; unfinished requests go back to the queue"
-                );
-                in_flight.abort_all();
-            }
-            // Closing the channel returns every unacked delivery to the queue.
-            let _ = channel.close(200, "shutdown".into()).await;
-            Ok(SessionEnd::Shutdown)
+            tracing::info!(
+                in_flight = in_flight.len(),
+                "stopping: no new deliveries; finishing in-flight requests"
+            );
+            // Stop deliveries first, hand back what the broker already sent, then let in-flight
+            // work finish within the grace period.
+            cancel_consumer(&channel, &settings.consumer_tag).await;
+            requeue_buffered(&mut consumer).await;
+            let deadline = ended_at
+                + settings
+                    .shutdown_grace
+                    .saturating_sub(SETTLE_RESERVE.min(settings.shutdown_grace / 4));
+            drain(&mut in_flight, &unsettled, deadline).await;
+        }
+        SessionEnd::Lost(cause) if channel.status().connected() && connection.status().connected() => {
+            // The broker cancelled the consumer, or a publisher lane died, but acks and nacks
+            // still reach the broker: let in-flight work settle before reconnecting.
+            tracing::warn!(%cause, in_flight = in_flight.len(), "session lost; settling in-flight requests before reconnecting");
+            cancel_consumer(&channel, &settings.consumer_tag).await;
+            requeue_buffered(&mut consumer).await;
+            drain(&mut in_flight, &unsettled, ended_at + settings.shutdown_grace).await;
         }
         SessionEnd::Lost(cause) => {
-            // Their acks cannot reach the broker any more, which will redeliver them; let them
-            // finish in the background rather than abort mid-call.
-            tokio::spawn(async move { while in_flight.join_next().await.is_some() {} });
-            Ok(SessionEnd::Lost(cause))
+            // The channel is gone, and with it every unacked delivery: the broker requeues them.
+            // Their handlers could neither ack nor publish (the publisher shares the connection),
+            // so stop them now rather than let them call Genesys for nothing, racing the
+            // redelivered copies.
+            tracing::warn!(%cause, abandoned = in_flight.len(), "session lost; in-flight requests will be redelivered");
+            in_flight.abort_all();
+            while in_flight.join_next().await.is_some() {}
+        }
+    }
+    // Closing the channel returns every delivery still unacked to the queue.
+    let _ = tokio::time::timeout(BROKER_CALL_TIMEOUT, channel.close(200, "session over".into())).await;
+    Ok(end)
+}
+
+/// Resolves with a cause once the connection, the consumer channel or a publisher lane is dead;
+/// checks every [`LIVENESS_INTERVAL`], and whenever `check_now` is notified.
+async fn lost(
+    liveness: &mut Interval,
+    check_now: &Notify,
+    connection: &Connection,
+    channel: &Channel,
+    ctx: &PipelineContext,
+) -> String {
+    loop {
+        tokio::select! {
+            _ = liveness.tick() => {}
+            () = check_now.notified() => {}
+        }
+        if !connection.status().connected() {
+            return "the broker connection closed".into();
+        }
+        if !channel.status().connected() {
+            return "the consumer channel closed".into();
+        }
+        if !ctx.publisher.all_lanes_open() {
+            return "a publisher channel closed".into();
         }
     }
 }
 
-async fn handle(ctx: &PipelineContext, delivery: Delivery) {
+async fn cancel_consumer(channel: &Channel, consumer_tag: &str) {
+    let cancelled = tokio::time::timeout(
+        BROKER_CALL_TIMEOUT,
+        channel.basic_cancel(consumer_tag.into(), BasicCancelOptions::default()),
+    )
+    .await;
+    match cancelled {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "cancelling the consumer failed"),
+        Err(_) => tracing::warn!("cancelling the consumer timed out"),
+    }
+}
+
+/// Nacks (with requeue) deliveries that arrived before the broker confirmed the cancel and were
+/// never handed to a handler, so another consumer can take them at once.
+async fn requeue_buffered(consumer: &mut lapin::Consumer) {
+    let mut requeued = 0usize;
+    while let Ok(Some(Ok(delivery))) = tokio::time::timeout(BUFFERED_WAIT, consumer.next()).await {
+        if let Ok(Ok(true)) = tokio::time::timeout(BROKER_CALL_TIMEOUT, delivery.acker.nack(requeue())).await {
+            requeued += 1;
+        }
+    }
+    if requeued > 0 {
+        tracing::info!(requeued, "returned deliveries that were not started yet");
+    }
+}
+
+/// Waits for in-flight handlers until `deadline`; then stops the rest and nacks their deliveries
+/// with requeue.
+async fn drain(in_flight: &mut JoinSet<()>, unsettled: &Unsettled, deadline: Instant) {
+    let drained = tokio::time::timeout_at(deadline, async { while in_flight.join_next().await.is_some() {} }).await;
+    if drained.is_ok() {
+        return;
+    }
+    tracing::warn!(
+        remaining = in_flight.len(),
+        "grace period over; unfinished requests go back to the queue"
+    );
+    in_flight.abort_all();
+    while in_flight.join_next().await.is_some() {}
+    // An acker is single-use: a handler that settled its delivery just before the abort makes
+    // this nack a no-op, never a second settlement.
+    let nacks = unsettled
+        .take()
+        .into_iter()
+        .map(|acker| async move { acker.nack(requeue()).await });
+    let settled = tokio::time::timeout(BROKER_CALL_TIMEOUT, futures_util::future::join_all(nacks)).await;
+    let requeued = settled
+        .map(|results| results.into_iter().filter(|r| matches!(r, Ok(true))).count())
+        .unwrap_or(0);
+    tracing::info!(requeued, "unfinished requests returned to the queue");
+}
+
+fn requeue() -> BasicNackOptions {
+    BasicNackOptions {
+        requeue: true,
+        multiple: false,
+    }
+}
+
+/// The ackers of deliveries handed to handlers and not yet settled, so that deliveries whose
+/// handler was stopped can be nacked explicitly.
+#[derive(Clone, Default)]
+struct Unsettled(Arc<Mutex<HashMap<u64, Acker>>>);
+
+impl Unsettled {
+    fn track(&self, delivery: &Delivery) {
+        self.lock().insert(delivery.delivery_tag, delivery.acker.clone());
+    }
+
+    fn forget(&self, delivery_tag: u64) {
+        self.lock().remove(&delivery_tag);
+    }
+
+    fn take(&self) -> Vec<Acker> {
+        self.lock().drain().map(|(_, acker)| acker).collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Acker>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+async fn handle(ctx: &PipelineContext, requests: &InFlightRequests, check_now: &Notify, delivery: Delivery) {
     let span = consume_span(ctx, &delivery);
     let _in_flight = ctx.metrics.track_in_flight();
     async {
-        let disposition = process(ctx, &delivery).await;
+        let disposition = process_once(ctx, requests, &delivery).await;
         let result = match &disposition {
             Disposition::Ack(outcome) => {
                 tracing::debug!(outcome = outcome.label(), "acking");
@@ -136,21 +305,56 @@ async fn handle(ctx: &PipelineContext, delivery: Delivery) {
             }
             Disposition::Requeue { cause } => {
                 tracing::warn!(%cause, "requeueing");
-                delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    })
-                    .await
+                check_now.notify_one();
+                delivery.acker.nack(requeue()).await
             }
         };
-        if let Err(error) = result {
-            tracing::warn!(%error, "settling the delivery failed; the broker will redeliver it");
+        match result {
+            Ok(true) => {}
+            // lapin refuses to settle on a channel that closed meanwhile.
+            Ok(false) => {
+                tracing::warn!("the delivery's channel closed before it was settled; the broker will redeliver it")
+            }
+            Err(error) => tracing::warn!(%error, "settling the delivery failed; the broker will redeliver it"),
         }
     }
     .instrument(span)
     .await;
+}
+
+/// Runs the pipeline, unless a copy of the same request in flight in this replica settles this
+/// one too (see [`super::inflight`]).
+async fn process_once(ctx: &PipelineContext, requests: &InFlightRequests, delivery: &Delivery) -> Disposition {
+    let Some(key) = RequestKey::of(&delivery.data) else {
+        return process(ctx, delivery).await;
+    };
+    loop {
+        match requests.claim(&key) {
+            Claim::Leader(leader) => {
+                let disposition = process(ctx, delivery).await;
+                leader.settle(match &disposition {
+                    Disposition::Ack(outcome) => Some(outcome),
+                    Disposition::Requeue { .. } => None,
+                });
+                return disposition;
+            }
+            Claim::Follower(follower) => {
+                if let Some(outcome) = follower.outcome().await {
+                    tracing::info!(
+                        request_id = key.request_id(),
+                        outcome = outcome.label(),
+                        "a copy of this request in flight in this replica settled it; acking this one without processing it again"
+                    );
+                    let span = tracing::Span::current();
+                    span.record("guest_session.outcome", outcome.label());
+                    if let Some(reason) = outcome.reason() {
+                        span.record("guest_session.reason", reason);
+                    }
+                    return Disposition::Ack(outcome);
+                }
+            }
+        }
+    }
 }
 
 fn consume_span(ctx: &PipelineContext, delivery: &Delivery) -> tracing::Span {
@@ -160,16 +364,24 @@ fn consume_span(ctx: &PipelineContext, delivery: &Delivery) -> tracing::Span {
         .as_ref()
         .map(|m| m.as_str().to_string())
         .unwrap_or_default();
+    // Named `consume` (DESIGN §6); attributes from the messaging conventions for RabbitMQ. The
+    // outcome fields are filled in by the pipeline when the request ends.
     let span = info_span!(
         "consume",
         otel.kind = "consumer",
-        otel.name = format!("process {}", ctx.topology.request_queue),
+        otel.status_code = field::Empty,
         messaging.system = "rabbitmq",
         messaging.operation.type = "process",
-        messaging.destination.name = %ctx.topology.request_exchange,
+        messaging.operation.name = "consume",
+        messaging.destination.name = %delivery.exchange,
         messaging.rabbitmq.destination.routing_key = %delivery.routing_key,
-        messaging.message.id = %message_id,
+        messaging.rabbitmq.message.delivery_tag = delivery.delivery_tag,
+        messaging.message.id = (!message_id.is_empty()).then_some(message_id.as_str()),
         messaging.message.body.size = delivery.data.len(),
+        messaging.destination.subscription.name = %ctx.topology.request_queue,
+        guest_session.outcome = field::Empty,
+        guest_session.reason = field::Empty,
+        error.type = field::Empty,
     );
     let parent = propagation::extract(delivery.properties.headers().as_ref());
     // Without an OpenTelemetry layer there is nothing to link; that is not an error.

@@ -3,6 +3,7 @@
 //! - [`worker`]: connect, declare, consume; reconnect with backoff when the broker goes away;
 //!   graceful shutdown.
 //! - [`consumer`]: one connected session: bounded in-flight handlers, ack/nack per disposition.
+//! - [`inflight`]: copies of one request in flight together in this replica are processed once.
 //! - [`process`]: the per-message pipeline, top to bottom.
 //! - [`event`], [`dead_letter`], [`reply`]: the messages the worker publishes.
 //! - [`outcome`]: what became of a request, as data.
@@ -10,6 +11,7 @@
 pub mod consumer;
 pub mod dead_letter;
 pub mod event;
+pub mod inflight;
 pub mod outcome;
 pub mod process;
 pub mod reply;

@@ -1,6 +1,13 @@
-//! The supervised worker: connect, declare the topology, consume; on a lost connection back off
-//! with jitter and do it all again (lapin's own auto-recovery does not survive a broker restart);
-//! on shutdown settle in-flight work and stop.
+//! The supervised worker: connect, declare the topology, consume; when the session is lost back
+//! off with jitter and do it all again; on shutdown settle in-flight work and stop.
+//!
+//! lapin's own auto-recovery is not used: it does not survive a broker restart (lapin issue
+//! #450). A session is lost when the connection fails (socket error, the broker closing it, two
+//! missed heartbeat intervals), when the consumer channel is closed by a channel error, when the
+//! broker cancels the consumer (its queue was deleted), or when a publisher lane's channel closes.
+//! Each time the whole connection is replaced: a new connection, the topology declared again, new
+//! publisher lanes (the old ones die with the old connection), a new consumer. `/readyz` is false
+//! from the moment the session is lost until the new consumer is attached.
 
 use std::{sync::Arc, time::Duration};
 
@@ -13,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     PipelineContext,
     consumer::{SessionEnd, SessionSettings, consume},
+    inflight::InFlightRequests,
 };
 use crate::{
     amqp::{ConnectError, Publisher, Topology, connect},
@@ -22,6 +30,14 @@ use crate::{
     metrics::Metrics,
     request::ValidationPolicy,
 };
+
+/// Longest wait between two reconnect attempts.
+const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
+/// Bound on connecting, declaring the topology and opening the publisher lanes: a broker that
+/// accepts TCP but never answers (frozen, overloaded) must not stall the worker for good.
+const SESSION_SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on closing a connection that may already be gone.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Everything `run` (and `demo`, and the tests) configure.
 #[derive(Clone)]
@@ -45,6 +61,10 @@ pub enum WorkerError {
     Topology(lapin::Error),
     #[error("opening the publisher channels failed: {0}")]
     Publisher(lapin::Error),
+    #[error(
+        "the broker did not complete the connection, topology and channels within {0:?}: it accepts TCP but does not answer. Check AMQP_URL and the broker's health."
+    )]
+    Unresponsive(Duration),
 }
 
 /// A running worker.
@@ -63,8 +83,7 @@ impl Worker {
         metrics: Metrics,
         readiness: Readiness,
     ) -> Result<Self, WorkerError> {
-        let connection = connect(&settings.amqp_url, "guest-session-worker").await?;
-        let publisher = open_session(&connection, &settings).await?;
+        let (connection, publisher) = open_connection(&settings).await?;
         genesys.set_metrics(metrics.clone());
         let ctx = Arc::new(PipelineContext {
             topology: settings.topology.clone(),
@@ -105,6 +124,18 @@ impl Worker {
     }
 }
 
+/// Connects, declares the topology and opens the publisher lanes, within
+/// [`SESSION_SETUP_TIMEOUT`].
+async fn open_connection(settings: &WorkerSettings) -> Result<(Connection, Publisher), WorkerError> {
+    tokio::time::timeout(SESSION_SETUP_TIMEOUT, async {
+        let connection = connect(&settings.amqp_url, "guest-session-worker").await?;
+        let publisher = open_session(&connection, settings).await?;
+        Ok((connection, publisher))
+    })
+    .await
+    .map_err(|_| WorkerError::Unresponsive(SESSION_SETUP_TIMEOUT))?
+}
+
 async fn open_session(connection: &Connection, settings: &WorkerSettings) -> Result<Publisher, WorkerError> {
     let channel = connection.create_channel().await.map_err(WorkerError::Topology)?;
     settings
@@ -129,40 +160,50 @@ async fn supervise(
         concurrency: settings.concurrency,
         shutdown_grace: settings.shutdown_grace,
         consumer_tag: format!("guest-session-worker-{}", uuid::Uuid::new_v4()),
+        requests: InFlightRequests::default(),
     };
     let mut connection = Some(first);
     let mut failures: u32 = 0;
     loop {
         let conn = match connection.take() {
             Some(conn) => conn,
-            None => match reconnect(&settings, &mut ctx).await {
-                Ok(conn) => conn,
-                Err(error) => {
-                    failures += 1;
-                    tracing::warn!(%error, failures, "reconnecting to the broker failed");
-                    if sleep_or_cancel(backoff(failures), &cancel).await {
-                        break;
+            None => {
+                // A broker that accepts TCP but never answers must not hold up a shutdown.
+                let attempt = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    attempt = reconnect(&settings, &mut ctx) => attempt,
+                };
+                match attempt {
+                    Ok(conn) => conn,
+                    Err(error) => {
+                        failures = failures.saturating_add(1);
+                        tracing::warn!(%error, failures, "reconnecting to the broker failed");
+                        if sleep_or_cancel(backoff(failures), &cancel).await {
+                            break;
+                        }
+                        continue;
                     }
-                    continue;
                 }
-            },
+            }
         };
-        match consume(&conn, ctx.clone(), &session, &cancel, &readiness).await {
+        let ended = consume(&conn, ctx.clone(), &session, &cancel, &readiness).await;
+        readiness.set_ready(false);
+        match ended {
             Ok(SessionEnd::Shutdown) => {
-                let _ = conn.close(200, "shutdown".into()).await;
+                close(&conn, 200, "shutdown").await;
                 break;
             }
             Ok(SessionEnd::Lost(cause)) => {
                 failures = 1;
-                tracing::warn!(%cause, "lost the broker; reconnecting");
+                tracing::warn!(%cause, "lost the broker session; reconnecting");
             }
             Err(error) => {
-                failures += 1;
+                failures = failures.saturating_add(1);
                 tracing::warn!(%error, "consuming failed; reconnecting");
             }
         }
-        readiness.set_ready(false);
-        let _ = conn.close(320, "reconnecting".into()).await;
+        // Also closes the publisher lanes of this connection; `reconnect` opens new ones.
+        close(&conn, 320, "reconnecting").await;
         if sleep_or_cancel(backoff(failures), &cancel).await {
             break;
         }
@@ -171,11 +212,15 @@ async fn supervise(
     tracing::info!("worker stopped");
 }
 
+/// Closes a connection that may already be dead, without hanging on it.
+async fn close(connection: &Connection, code: u16, reason: &str) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(code, reason.into())).await;
+}
+
 /// A fresh connection, topology and publisher; the pipeline context is rebuilt around the new
 /// publisher (everything else in it is connection-independent).
 async fn reconnect(settings: &WorkerSettings, ctx: &mut Arc<PipelineContext>) -> Result<Connection, WorkerError> {
-    let connection = connect(&settings.amqp_url, "guest-session-worker").await?;
-    let publisher = open_session(&connection, settings).await?;
+    let (connection, publisher) = open_connection(settings).await?;
     *ctx = Arc::new(PipelineContext {
         topology: ctx.topology.clone(),
         policy: ctx.policy.clone(),
@@ -188,11 +233,13 @@ async fn reconnect(settings: &WorkerSettings, ctx: &mut Arc<PipelineContext>) ->
     Ok(connection)
 }
 
-/// Full-jitter exponential backoff: 0..min(30 s, 100 ms × 2^n).
+/// Full-jitter exponential backoff: 0..min(5 s, 100 ms × 2^n), at least 50 ms. The cap is low
+/// on purpose: a restarted broker is back within seconds, and the worker should be too (a
+/// reconnect attempt is one TCP connect, cheap for the broker).
 fn backoff(failures: u32) -> Duration {
     let cap = Duration::from_millis(100)
         .saturating_mul(1u32 << failures.min(9))
-        .min(Duration::from_secs(30));
+        .min(MAX_RECONNECT_BACKOFF);
     let millis = rand::rng().random_range(0..=cap.as_millis() as u64);
     Duration::from_millis(millis.max(50))
 }

@@ -1,0 +1,313 @@
+//! In-replica duplicate suppression: two deliveries of the same request that are in flight in
+//! this replica at the same time are processed once.
+//!
+//! Copies of one request meet in flight when an upstream app publishes a request again (it did
+//! not get its publisher confirm in time) or when a copy is redelivered while an older copy is
+//! still being worked on. Genesys itself recognises a repeated request (`channel.messageId` is the
+//! request id, so it answers with the same conversation), but each copy would still cost a
+//! Genesys call and announce its own `session.created` event.
+//!
+//! So the first copy to arrive *leads*: it runs the pipeline. A later copy *follows*: it waits
+//! for the leader's settlement and then
+//! - if the leader's outcome was confirmed by the broker (event, or dead letter, published) and
+//!   the follower's body is byte-identical, the follower is acked with that same outcome: the
+//!   request already has its one terminal message, and a second would only be a duplicate;
+//! - otherwise (the leader's publish failed, it was aborted by a shutdown or a lost connection,
+//!   or the follower carries a different body under the same request id) the follower claims
+//!   again and runs the pipeline itself. A different body is not assumed to be a copy: it gets its
+//!   own outcome, but only after the leader, so Genesys never sees one `messageId` twice at once.
+//!
+//! Copies that are *not* in flight together (a redelivery after a crash, or a copy on another
+//! replica) are processed again, and recognisable: same `correlation_id`, same Genesys
+//! conversation (DESIGN §3). This map lives as long as the worker, across reconnects.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use super::Outcome;
+use crate::request::MAX_BODY_BYTES;
+
+/// What identifies a copy: the request id (top-level `request_id`) and the exact body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestKey {
+    request_id: String,
+    digest: [u8; 32],
+}
+
+impl RequestKey {
+    /// `None` for a body too large to be valid, not a JSON object, or without a string
+    /// `request_id`: such bodies are rejected without calling Genesys, so there is nothing to
+    /// share (and nothing to key them by).
+    pub fn of(body: &[u8]) -> Option<Self> {
+        #[derive(Deserialize)]
+        struct Probe {
+            request_id: String,
+        }
+        if body.len() > MAX_BODY_BYTES {
+            return None;
+        }
+        // Unknown fields are skipped without being built; a repeated `request_id`, a syntax error
+        // or the recursion limit is an error, and then there is no key.
+        let probe: Probe = serde_json::from_slice(body).ok()?;
+        Some(Self {
+            request_id: probe.request_id,
+            digest: Sha256::digest(body).into(),
+        })
+    }
+
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+}
+
+/// How a leader ended.
+#[derive(Debug, Clone)]
+enum Settlement {
+    /// Every publish for the request was confirmed by the broker: this is its terminal outcome.
+    Confirmed(Outcome),
+    /// Nothing was confirmed (a publish failed, or the work was abandoned).
+    NotConfirmed,
+}
+
+struct Slot {
+    /// Tells a slot from a later one under the same request id.
+    id: u64,
+    digest: [u8; 32],
+    settled: watch::Receiver<Option<Settlement>>,
+}
+
+/// The requests in flight in this replica; cheap to clone.
+#[derive(Clone, Default)]
+pub struct InFlightRequests {
+    slots: Arc<Mutex<HashMap<String, Slot>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+/// The result of [`InFlightRequests::claim`].
+pub enum Claim {
+    /// No other copy is in flight: process it, then [`Leader::settle`].
+    Leader(Leader),
+    /// Another copy is in flight: [`Follower::outcome`] says whether it settled this one too.
+    Follower(Follower),
+}
+
+impl InFlightRequests {
+    pub fn claim(&self, key: &RequestKey) -> Claim {
+        let mut slots = self.lock();
+        if let Some(slot) = slots.get(&key.request_id) {
+            return Claim::Follower(Follower {
+                settled: slot.settled.clone(),
+                same_body: slot.digest == key.digest,
+            });
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = watch::channel(None);
+        slots.insert(
+            key.request_id.clone(),
+            Slot {
+                id,
+                digest: key.digest,
+                settled: rx,
+            },
+        );
+        Claim::Leader(Leader {
+            requests: self.clone(),
+            request_id: key.request_id.clone(),
+            id,
+            settled: Some(tx),
+        })
+    }
+
+    /// How many distinct requests are in flight.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
+        // The map stays consistent even if a holder panicked: every critical section is one
+        // insert or remove.
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn release(&self, request_id: &str, id: u64) {
+        let mut slots = self.lock();
+        if slots.get(request_id).is_some_and(|slot| slot.id == id) {
+            slots.remove(request_id);
+        }
+    }
+}
+
+/// The copy that processes the request. Dropping it unsettled (a panic, an abort) releases the
+/// followers as [`Settlement::NotConfirmed`].
+pub struct Leader {
+    requests: InFlightRequests,
+    request_id: String,
+    id: u64,
+    settled: Option<watch::Sender<Option<Settlement>>>,
+}
+
+impl Leader {
+    /// `Some(outcome)` when every publish for the request was confirmed, `None` otherwise.
+    pub fn settle(mut self, confirmed: Option<&Outcome>) {
+        // Leave the map first, so a follower that wakes up and claims again finds it free.
+        self.requests.release(&self.request_id, self.id);
+        if let Some(tx) = self.settled.take() {
+            let settlement = match confirmed {
+                Some(outcome) => Settlement::Confirmed(outcome.clone()),
+                None => Settlement::NotConfirmed,
+            };
+            let _ = tx.send(Some(settlement));
+        }
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        if self.settled.is_some() {
+            self.requests.release(&self.request_id, self.id);
+            // Dropping the sender wakes the followers with "not confirmed".
+        }
+    }
+}
+
+/// A copy that waits for the leader.
+pub struct Follower {
+    settled: watch::Receiver<Option<Settlement>>,
+    same_body: bool,
+}
+
+impl Follower {
+    /// Waits for the leader. `Some(outcome)`: the leader's confirmed outcome settles this copy
+    /// too (ack it). `None`: claim again and process it.
+    pub async fn outcome(mut self) -> Option<Outcome> {
+        let settlement = match self.settled.wait_for(Option::is_some).await {
+            Ok(settled) => settled.clone(),
+            // The leader was dropped without settling.
+            Err(_) => None,
+        };
+        match settlement {
+            Some(Settlement::Confirmed(outcome)) if self.same_body => Some(outcome),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn key(body: &str) -> RequestKey {
+        RequestKey::of(body.as_bytes()).expect("keyed")
+    }
+
+    fn created() -> Outcome {
+        Outcome::Created { attempts: 1 }
+    }
+
+    #[test]
+    fn only_bodies_with_a_string_request_id_are_keyed() {
+        assert_eq!(key(r#"{"request_id":"r1","x":[1,{"y":2}]}"#).request_id(), "r1");
+        for body in [
+            &b"[1,2]"[..],
+            b"{\"request_id\":7}",
+            b"{\"request_id\":\"a\",\"request_id\":\"b\"}",
+            b"{\"request_id\":\"a\"",
+            b"\xff\xfe",
+            b"",
+        ] {
+            assert!(RequestKey::of(body).is_none(), "{body:?}");
+        }
+        let deep = format!("{{\"request_id\":\"r\",\"x\":{}}}", "[".repeat(100_000));
+        assert!(RequestKey::of(deep.as_bytes()).is_none());
+        let huge = format!("{{\"request_id\":\"r\",\"x\":\"{}\"}}", "a".repeat(MAX_BODY_BYTES));
+        assert!(RequestKey::of(huge.as_bytes()).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_follower_of_the_same_body_shares_the_confirmed_outcome() {
+        let requests = InFlightRequests::default();
+        let k = key(r#"{"request_id":"r1"}"#);
+        let Claim::Leader(leader) = requests.claim(&k) else {
+            panic!("first claim leads")
+        };
+        let Claim::Follower(follower) = requests.claim(&k) else {
+            panic!("second claim follows")
+        };
+        let waiting = tokio::spawn(follower.outcome());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "a follower waits for its leader");
+        leader.settle(Some(&created()));
+        assert_eq!(waiting.await.unwrap(), Some(created()));
+        assert!(requests.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_unconfirmed_or_dropped_leader_lets_the_follower_process() {
+        let requests = InFlightRequests::default();
+        let k = key(r#"{"request_id":"r1"}"#);
+        let Claim::Leader(leader) = requests.claim(&k) else {
+            panic!("leads")
+        };
+        let Claim::Follower(follower) = requests.claim(&k) else {
+            panic!("follows")
+        };
+        leader.settle(None);
+        assert_eq!(follower.outcome().await, None);
+
+        let Claim::Leader(leader) = requests.claim(&k) else {
+            panic!("free again after settling")
+        };
+        let Claim::Follower(follower) = requests.claim(&k) else {
+            panic!("follows")
+        };
+        drop(leader);
+        assert_eq!(follower.outcome().await, None);
+        assert!(matches!(requests.claim(&k), Claim::Leader(_)));
+    }
+
+    #[tokio::test]
+    async fn a_different_body_under_the_same_id_waits_but_is_processed_itself() {
+        let requests = InFlightRequests::default();
+        let Claim::Leader(leader) = requests.claim(&key(r#"{"request_id":"r1"}"#)) else {
+            panic!("leads")
+        };
+        let Claim::Follower(follower) = requests.claim(&key(r#"{"request_id":"r1","guest_id":"g"}"#)) else {
+            panic!("same id follows")
+        };
+        leader.settle(Some(&created()));
+        assert_eq!(follower.outcome().await, None);
+    }
+
+    #[test]
+    fn a_stale_leader_does_not_release_a_newer_slot() {
+        let requests = InFlightRequests::default();
+        let k = key(r#"{"request_id":"r1"}"#);
+        let Claim::Leader(first) = requests.claim(&k) else {
+            panic!("leads")
+        };
+        // Simulate the slot having been taken over (released by id, then claimed anew).
+        requests.release(k.request_id(), first.id);
+        let Claim::Leader(second) = requests.claim(&k) else {
+            panic!("leads again")
+        };
+        drop(first);
+        assert_eq!(requests.len(), 1, "the newer leader's slot survives");
+        drop(second);
+        assert!(requests.is_empty());
+    }
+}
