@@ -1,8 +1,12 @@
 //! Opening a broker connection, with an error that tells the operator what to do.
 
-use lapin::{Connection, ConnectionProperties};
+use std::str::FromStr;
+
+use lapin::{Connection, ConnectionProperties, uri::AMQPUri};
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// Heartbeat asked for when `AMQP_URL` sets none (`?heartbeat=N` overrides it).
+pub const DEFAULT_HEARTBEAT_SECS: u16 = 15;
 
 /// Broker settings shared by every subcommand.
 #[derive(clap::Args, Clone)]
@@ -36,6 +40,8 @@ impl std::fmt::Debug for AmqpArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    #[error("AMQP_URL {url} is not a valid broker URL ({reason}); expected amqp://user:password@host:port/vhost")]
+    InvalidUrl { url: String, reason: String },
     #[error(
         "cannot connect to the RabbitMQ broker at {url} ({source}). Check AMQP_URL (it must be \
          amqp://user:password@host:port/vhost, with the vhost URL-encoded, e.g. %2f for /), and that \
@@ -48,12 +54,19 @@ pub enum ConnectError {
 /// Connects once; callers that must survive broker restarts loop around this (see `pipeline::supervisor`).
 pub async fn connect(url: &str, connection_name: &str) -> Result<Connection, ConnectError> {
     let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
-    Connection::connect(url, properties)
-        .await
-        .map_err(|source| ConnectError::Unreachable {
-            url: redact_url(url),
-            source,
-        })
+    let unreachable = |source| ConnectError::Unreachable {
+        url: redact_url(url),
+        source,
+    };
+    let mut uri = AMQPUri::from_str(url).map_err(|reason| ConnectError::InvalidUrl {
+        url: redact_url(url),
+        reason,
+    })?;
+    // The broker's default (60 s) means a silently hung broker is noticed after ~2 minutes.
+    if uri.query.heartbeat.is_none() {
+        uri.query.heartbeat = Some(DEFAULT_HEARTBEAT_SECS);
+    }
+    Connection::connect_uri(uri, properties).await.map_err(unreachable)
 }
 
 /// `amqp://user:secret@host/vhost` → `amqp://user:***@host/vhost`.

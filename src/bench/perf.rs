@@ -553,10 +553,8 @@ async fn watch_events(
         let _channel = channel;
         while let Some(Ok(delivery)) = consumer.next().await {
             let at = Instant::now();
-            if let Some(id) = delivery.properties.correlation_id().as_ref() {
-                if let Ok(mut map) = sink.lock() {
-                    map.insert(id.to_string(), at);
-                }
+            if let (Some(id), Ok(mut map)) = (delivery.properties.correlation_id().as_ref(), sink.lock()) {
+                map.insert(id.to_string(), at);
             }
         }
     });

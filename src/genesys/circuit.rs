@@ -39,7 +39,7 @@ impl Default for CircuitSettings {
             failures_to_open: 5,
             min_failure_span: Duration::from_secs(1),
             open_for: Duration::from_secs(2),
-            max_open_for: Duration::from_secs(30),
+            max_open_for: Duration::from_secs(5),
         }
     }
 }

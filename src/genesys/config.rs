@@ -182,7 +182,7 @@ impl GenesysConfig {
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(16);
     pub const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_millis(200);
-    pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
+    pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
 
     /// An Open Messaging configuration against one base URL serving both the API and `/oauth/token`
     /// (the simulator). Production defaults otherwise (300/min, 600 s budget); tests adjust the
