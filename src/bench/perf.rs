@@ -57,6 +57,18 @@ pub struct PerfOptions {
     pub offered_latency_ms: u64,
     pub memory_backlog: usize,
     pub memory_concurrency: u16,
+    /// Run only this scenario (profiling); `None` runs them all.
+    pub only: Option<Scenario>,
+}
+
+/// The scenarios of `bench perf`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    Ceiling,
+    Throughput,
+    Scaling,
+    Latency,
+    Memory,
 }
 
 impl PerfOptions {
@@ -75,6 +87,7 @@ impl PerfOptions {
             offered_latency_ms: 50,
             memory_backlog: 10_000,
             memory_concurrency: 256,
+            only: None,
         }
     }
 
@@ -185,15 +198,23 @@ pub async fn run(options: &PerfOptions, progress: &(dyn Fn(&str) + Sync)) -> Res
         ),
         ..Default::default()
     };
-    progress("ceiling: bare consume → publish(confirm) → ack");
-    report.ceiling_per_sec = ceiling(options).await?;
-    progress(&format!("  {:.0} msg/s", report.ceiling_per_sec));
-
-    progress("throughput: worker end to end, simulator at 0 ms");
-    report.throughput_per_sec = throughput(options).await?;
-    progress(&format!("  {:.0} req/s", report.throughput_per_sec));
-
-    for &concurrency in &options.scaling_concurrency {
+    let wanted = |scenario: Scenario| options.only.is_none_or(|only| only == scenario);
+    if wanted(Scenario::Ceiling) {
+        progress("ceiling: bare consume → publish(confirm) → ack");
+        report.ceiling_per_sec = ceiling(options).await?;
+        progress(&format!("  {:.0} msg/s", report.ceiling_per_sec));
+    }
+    if wanted(Scenario::Throughput) {
+        progress("throughput: worker end to end, simulator at 0 ms");
+        report.throughput_per_sec = throughput(options).await?;
+        progress(&format!("  {:.0} req/s", report.throughput_per_sec));
+    }
+    let scaling_levels = if wanted(Scenario::Scaling) {
+        options.scaling_concurrency.as_slice()
+    } else {
+        &[]
+    };
+    for &concurrency in scaling_levels {
         progress(&format!(
             "latency scaling: concurrency {concurrency}, simulator at {} ms",
             options.scaling_latency_ms
@@ -204,25 +225,28 @@ pub async fn run(options: &PerfOptions, progress: &(dyn Fn(&str) + Sync)) -> Res
         report.scaling.push((concurrency, measured, little));
     }
 
-    progress(&format!(
-        "added latency: {} req/s offered, simulator at {} ms",
-        options.offered_rate, options.offered_latency_ms
-    ));
-    let (p50, p99, completed, sent) = added_latency(options).await?;
-    (
-        report.added_p50_ms,
-        report.added_p99_ms,
-        report.offered_completed,
-        report.offered_sent,
-    ) = (p50, p99, completed, sent);
-    progress(&format!("  p50 {p50:.2} ms, p99 {p99:.2} ms"));
-
-    progress(&format!(
-        "memory: {} queued, {} in flight",
-        options.memory_backlog, options.memory_concurrency
-    ));
-    report.peak_rss_mib = memory(options).await?;
-    progress(&format!("  peak RSS {:.1} MiB", report.peak_rss_mib));
+    if wanted(Scenario::Latency) {
+        progress(&format!(
+            "added latency: {} req/s offered, simulator at {} ms",
+            options.offered_rate, options.offered_latency_ms
+        ));
+        let (p50, p99, completed, sent) = added_latency(options).await?;
+        (
+            report.added_p50_ms,
+            report.added_p99_ms,
+            report.offered_completed,
+            report.offered_sent,
+        ) = (p50, p99, completed, sent);
+        progress(&format!("  p50 {p50:.2} ms, p99 {p99:.2} ms"));
+    }
+    if wanted(Scenario::Memory) {
+        progress(&format!(
+            "memory: {} queued, {} in flight",
+            options.memory_backlog, options.memory_concurrency
+        ));
+        report.peak_rss_mib = memory(options).await?;
+        progress(&format!("  peak RSS {:.1} MiB", report.peak_rss_mib));
+    }
     Ok(report)
 }
 

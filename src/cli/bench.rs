@@ -41,6 +41,9 @@ pub struct PerfArgs {
     /// The worker executable (default: this one).
     #[arg(long)]
     pub worker_exe: Option<PathBuf>,
+    /// Run one scenario only (for profiling); prints its figure and writes nothing.
+    #[arg(long, value_enum)]
+    pub only: Option<perf::Scenario>,
 }
 
 #[derive(clap::Args)]
@@ -144,12 +147,16 @@ async fn perf(args: PerfArgs) -> anyhow::Result<()> {
     };
     options.name_prefix = args.amqp.name_prefix.clone();
     options.worker_exe = args.worker_exe;
+    options.only = args.only;
     if !args.smoke && cfg!(debug_assertions) {
         eprintln!("note: a debug build; run `cargo run --release -- bench perf` for figures worth quoting");
     }
     let report = perf::run(&options, &|line| eprintln!("{line}"))
         .await
         .context("the performance benchmark could not run")?;
+    if options.only.is_some() {
+        return Ok(());
+    }
     let markdown = report.markdown(&machine_line());
     bench::write_section(&args.output, perf::SECTION, &markdown)?;
     println!("{markdown}");

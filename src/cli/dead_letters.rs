@@ -4,7 +4,8 @@ use anyhow::Context;
 use lapin::{
     BasicProperties, Channel,
     message::BasicGetMessage,
-    options::{BasicAckOptions, BasicGetOptions, BasicNackOptions},
+    options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions},
+    types::FieldTable,
 };
 
 use crate::{
@@ -28,7 +29,7 @@ pub struct ListArgs {
     /// Only this reason (`x-error-kind`, or `delivery_limit` for poison messages the broker dead-lettered).
     #[arg(long)]
     pub reason: Option<String>,
-    /// At most this many messages are read.
+    /// At most this many messages are shown.
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
 }
@@ -37,6 +38,7 @@ pub struct ListArgs {
 pub struct ReplayArgs {
     #[command(flatten)]
     pub amqp: AmqpArgs,
+    /// Only this reason (`x-error-kind`, or `delivery_limit` for poison messages the broker dead-lettered).
     #[arg(long)]
     pub reason: Option<String>,
     /// At most this many messages are replayed.
@@ -63,6 +65,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
     let connection = connect(&args.amqp.url, "guest-session-worker dead-letters").await?;
     let topology = Topology::new(&args.amqp.name_prefix);
     let channel = connection.create_channel().await?;
+    let depth = depth(&channel, &topology).await?;
     let mut shown = 0usize;
     let mut read = 0usize;
     println!(
@@ -71,7 +74,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
     );
     // Messages are held unacked while reading so each is seen once; closing the channel puts
     // them all back.
-    while read < args.limit {
+    while read < depth && shown < args.limit {
         let Some(message) = get(&channel, &topology).await? else {
             break;
         };
@@ -113,12 +116,18 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let channel = connection.create_channel().await?;
     let publisher = Publisher::open(&connection, 1).await?;
     let limit = args.limit.unwrap_or(usize::MAX);
+    // Only what is in the queue now: a replayed request that fails again (still invalid, Genesys
+    // still refusing) comes back to the tail of the dead queue while we read, and without this
+    // bound the replay would chase it for as long as a worker keeps refusing it.
+    let depth = depth(&channel, &topology).await?;
+    let mut read = 0usize;
     let mut replayed = 0usize;
     let mut skipped = Vec::new();
-    while replayed < limit {
+    while replayed < limit && read < depth {
         let Some(message) = get(&channel, &topology).await? else {
             break;
         };
+        read += 1;
         let delivery = message.delivery;
         if args
             .reason
@@ -161,6 +170,27 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let _ = connection.close(200, "done".into()).await;
     println!("replayed {replayed} dead letter(s) to '{}'", topology.request_exchange);
     Ok(())
+}
+
+/// How many messages the dead queue holds now (a passive declare: it never creates the queue).
+async fn depth(channel: &Channel, topology: &Topology) -> anyhow::Result<usize> {
+    let queue = channel
+        .queue_declare(
+            topology.dead_letter_queue.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "cannot find the dead-letter queue '{}' (has a worker declared it?)",
+                topology.dead_letter_queue
+            )
+        })?;
+    Ok(usize::try_from(queue.message_count()).unwrap_or(usize::MAX))
 }
 
 async fn get(channel: &Channel, topology: &Topology) -> anyhow::Result<Option<BasicGetMessage>> {

@@ -6,7 +6,9 @@ use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{
-    amqp::{AmqpArgs, Publisher, Topology, connect, request_message},
+    amqp::{
+        AmqpArgs, Publisher, Topology, TopologyOptions, connect, request_message, topology::DEFAULT_DELIVERY_LIMIT,
+    },
     telemetry::propagation,
 };
 
@@ -20,6 +22,11 @@ pub struct EnqueueArgs {
     /// Publish N generated valid requests.
     #[arg(long)]
     pub sample: Option<usize>,
+    /// The request queue's `x-delivery-limit`. It must match the worker's: the queue is declared
+    /// here too (so requests enqueued before any worker started wait for it), and the broker
+    /// refuses a declaration whose arguments differ from the existing queue's.
+    #[arg(long, env = "AMQP_DELIVERY_LIMIT", default_value_t = DEFAULT_DELIVERY_LIMIT)]
+    pub delivery_limit: u32,
 }
 
 pub async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
@@ -31,7 +38,12 @@ pub async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
         (None, None) => bail!("give --file FILE or --sample N"),
     };
     let connection = connect(&args.amqp.url, "guest-session-worker enqueue").await?;
-    let topology = Topology::new(&args.amqp.name_prefix);
+    let topology = Topology::with_options(
+        &args.amqp.name_prefix,
+        TopologyOptions {
+            delivery_limit: args.delivery_limit,
+        },
+    );
     let channel = connection.create_channel().await?;
     topology
         .declare(&channel)

@@ -294,9 +294,10 @@ impl Unsettled {
 }
 
 async fn handle(ctx: &PipelineContext, requests: &InFlightRequests, check_now: &Notify, delivery: Delivery) {
-    let span = consume_span(ctx, &delivery);
+    let upstream = propagation::extract(delivery.properties.headers().as_ref());
+    let span = consume_span(ctx, &delivery, upstream.clone());
     let _in_flight = ctx.metrics.track_in_flight();
-    async {
+    let work = async {
         let disposition = process_once(ctx, requests, &delivery).await;
         let result = match &disposition {
             Disposition::Ack(outcome) => {
@@ -318,8 +319,8 @@ async fn handle(ctx: &PipelineContext, requests: &InFlightRequests, check_now: &
             Err(error) => tracing::warn!(%error, "settling the delivery failed; the broker will redeliver it"),
         }
     }
-    .instrument(span)
-    .await;
+    .instrument(span);
+    propagation::with_upstream(upstream, work).await;
 }
 
 /// Runs the pipeline, unless a copy of the same request in flight in this replica settles this
@@ -357,7 +358,7 @@ async fn process_once(ctx: &PipelineContext, requests: &InFlightRequests, delive
     }
 }
 
-fn consume_span(ctx: &PipelineContext, delivery: &Delivery) -> tracing::Span {
+fn consume_span(ctx: &PipelineContext, delivery: &Delivery, parent: opentelemetry::Context) -> tracing::Span {
     let message_id = delivery
         .properties
         .message_id()
@@ -383,7 +384,6 @@ fn consume_span(ctx: &PipelineContext, delivery: &Delivery) -> tracing::Span {
         guest_session.reason = field::Empty,
         error.type = field::Empty,
     );
-    let parent = propagation::extract(delivery.properties.headers().as_ref());
     // Without an OpenTelemetry layer there is nothing to link; that is not an error.
     let _ = span.set_parent(parent);
     span

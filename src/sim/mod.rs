@@ -143,6 +143,12 @@ pub async fn spawn(config: SimConfig) -> Result<RunningSim, SimError> {
     }
     let app = routes::router(Arc::clone(&state));
     let (stop, stopped) = oneshot::channel::<()>();
+    // Small answers must not wait for Nagle's algorithm (the real API answers promptly too).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "TCP_NODELAY not set");
+        }
+    });
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {

@@ -54,10 +54,31 @@ pub fn extract(table: Option<&FieldTable>) -> Context {
     TraceContextPropagator::new().extract(&HeaderExtractor::new(table))
 }
 
-/// Writes the trace context of the current tracing span into `table`.
-pub fn inject_current(table: &mut FieldTable) {
+tokio::task_local! {
+    /// The upstream trace context of the message a task is processing. Without an OpenTelemetry
+    /// layer (no exporter configured) spans carry no context; the worker then passes the
+    /// upstream's `traceparent`/`tracestate` through unchanged, so traces stay connected across
+    /// it at no cost.
+    static UPSTREAM: Context;
+}
+
+/// Runs `work` with `upstream` as the fallback trace context of everything it publishes.
+pub async fn with_upstream<F: std::future::Future>(upstream: Context, work: F) -> F::Output {
+    UPSTREAM.scope(upstream, work).await
+}
+
+/// The context to propagate: the current span's when it is traced, else the upstream's.
+fn current_context() -> Context {
     let context = tracing::Span::current().context();
-    TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(table));
+    if context.span().span_context().is_valid() {
+        return context;
+    }
+    UPSTREAM.try_with(Context::clone).unwrap_or(context)
+}
+
+/// Writes the current trace context into `table`.
+pub fn inject_current(table: &mut FieldTable) {
+    TraceContextPropagator::new().inject_context(&current_context(), &mut HeaderInjector(table));
 }
 
 /// Headers carrying only the current trace context.
@@ -69,7 +90,7 @@ pub fn current_headers() -> FieldTable {
 
 /// The current trace id in hex, when the current span is being traced.
 pub fn current_trace_id() -> Option<String> {
-    let context = tracing::Span::current().context();
+    let context = current_context();
     let span = context.span();
     let span_context = span.span_context();
     span_context.is_valid().then(|| span_context.trace_id().to_string())

@@ -368,3 +368,92 @@ async fn replayed_dead_letters_are_processed_once_the_cause_is_gone() {
     assert_eq!(env.message_count(&env.topology.dead_letter_queue).await, 0);
     env.cleanup().await;
 }
+
+/// A replay while a worker still refuses the requests must stop after what the dead queue held
+/// when it started: each refused copy comes straight back to the dead queue, and a replay that
+/// read until the queue was empty would chase it (and race the worker's in-flight duplicate check).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_of_still_invalid_dead_letters_replays_each_once() {
+    let env = TestEnv::start().await;
+    for i in 0..3 {
+        env.publish(format!("not json {i}").into_bytes()).await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while env.message_count(&env.topology.dead_letter_queue).await < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "dead letters did not arrive");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_guest-session-worker"))
+        .args(["dead-letters", "replay", "--reason", "malformed"])
+        .env("AMQP_URL", &env.url)
+        .env(
+            "AMQP_NAME_PREFIX",
+            env.topology.request_exchange.trim_end_matches("guest-sessions"),
+        )
+        .output()
+        .await
+        .expect("run the CLI");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("replayed 3 "), "{stdout}");
+
+    // The worker refuses them again: all three are back, none lost, none doubled.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while env.message_count(&env.topology.dead_letter_queue).await < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replayed dead letters did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(env.message_count(&env.topology.dead_letter_queue).await, 3);
+    env.cleanup().await;
+}
+
+/// `enqueue` declares the request queue too, so it must declare it with the worker's
+/// `AMQP_DELIVERY_LIMIT`, or the broker refuses the declaration (PRECONDITION_FAILED).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_declares_the_request_queue_with_the_configured_delivery_limit() {
+    let env = TestEnv::start_with(EnvOptions {
+        start_worker: false,
+        ..Default::default()
+    })
+    .await;
+    let prefix = env
+        .topology
+        .request_exchange
+        .trim_end_matches("guest-sessions")
+        .to_string();
+    let run = |limit: &str| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_guest-session-worker"))
+            .args(["enqueue", "--sample", "1"])
+            .env("AMQP_URL", &env.url)
+            .env("AMQP_NAME_PREFIX", &prefix)
+            .env("AMQP_DELIVERY_LIMIT", limit)
+            .output()
+    };
+    // The harness declared the queue with the default limit; a different one is refused...
+    let refused = run("7").await.expect("run the CLI");
+    assert!(!refused.status.success(), "a different delivery limit must be refused");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("x-delivery-limit"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    // ...and the matching one is honoured.
+    let default_limit = guest_session_worker::amqp::topology::DEFAULT_DELIVERY_LIMIT.to_string();
+    let accepted = run(&default_limit).await.expect("run the CLI");
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+    assert_eq!(env.message_count(&env.topology.request_queue).await, 1);
+    env.cleanup().await;
+}
