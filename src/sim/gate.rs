@@ -7,6 +7,7 @@ use super::state::SimState;
 use super::tokens::TokenError;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use std::time::Duration;
 use std::time::Instant;
 use uuid::Uuid;
 
@@ -49,6 +50,7 @@ pub async fn api_call(
     caller: Result<String, ApiError>,
     handler: impl FnOnce() -> Response,
 ) -> Response {
+    let arrived = tokio::time::Instant::now();
     state.counters.api_request();
     let (mut response, limit) = match caller {
         Err(unauthorized) => (unauthorized.into_response(), None),
@@ -65,7 +67,11 @@ pub async fn api_call(
     state.counters.status(response.status());
     let latency = state.faults.latency(state.config.latency_ms);
     if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
+        // The latency runs from arrival. tokio's timers fire on the next millisecond tick after
+        // their deadline (half a millisecond late on average), so aim half a millisecond early:
+        // the simulated latency is then right on average rather than always long.
+        let early = Duration::from_micros(500).min(latency / 2);
+        tokio::time::sleep_until(arrived + latency - early).await;
     }
     response
 }
