@@ -297,6 +297,13 @@ async fn a_400_is_not_retried_and_carries_the_context_id() {
             assert!(code.is_some());
             assert!(!message.is_empty());
             assert!(context_id.as_deref().is_some_and(|id| !id.is_empty()));
+            // The text that becomes `x-error-detail`, the reply's detail and the log: status, code
+            // and contextId, never Genesys's free text (a 400 can echo request values).
+            let shown = error.to_string();
+            assert!(!shown.contains(message.as_str()), "{shown}");
+            assert!(shown.contains("HTTP 400"), "{shown}");
+            assert!(shown.contains(code.as_deref().unwrap_or_default()), "{shown}");
+            assert!(shown.contains(context_id.as_deref().unwrap_or_default()), "{shown}");
         }
         other => panic!("expected Rejected, got {other:?}"),
     }

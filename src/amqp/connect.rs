@@ -14,9 +14,28 @@ pub struct AmqpArgs {
     /// Broker URL (amqp:// or amqps://).
     #[arg(long = "amqp-url", env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
     pub url: String,
-    /// Prefix for every exchange and queue name (isolates tests and tenants).
-    #[arg(long = "amqp-name-prefix", env = "AMQP_NAME_PREFIX", default_value = "")]
+    /// Prefix for every exchange and queue name (isolates tests and tenants): at most
+    /// 200 bytes of printable ASCII without spaces.
+    #[arg(long = "amqp-name-prefix", env = "AMQP_NAME_PREFIX", default_value = "", value_parser = name_prefix)]
     pub name_prefix: String,
+}
+
+/// The longest `AMQP_NAME_PREFIX`: AMQP names are at most 255 bytes (lapin panics beyond), and the
+/// longest name the worker builds adds a few dozen bytes to the prefix.
+pub const MAX_NAME_PREFIX_BYTES: usize = 200;
+
+/// Checks `AMQP_NAME_PREFIX` before it reaches lapin.
+fn name_prefix(value: &str) -> Result<String, String> {
+    if value.len() > MAX_NAME_PREFIX_BYTES {
+        return Err(format!(
+            "AMQP_NAME_PREFIX is {} bytes long; at most {MAX_NAME_PREFIX_BYTES} are allowed (RabbitMQ names are limited to 255 bytes)",
+            value.len()
+        ));
+    }
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("AMQP_NAME_PREFIX may hold only printable ASCII characters, without spaces".to_string());
+    }
+    Ok(value.to_string())
 }
 
 impl AmqpArgs {
@@ -70,22 +89,41 @@ pub async fn connect(url: &str, connection_name: &str) -> Result<Connection, Con
 }
 
 /// `amqp://user:secret@host/vhost` → `amqp://user:***@host/vhost`.
+///
+/// The userinfo ends at the *last* `@` of the authority (the part before the first `/`, `?` or
+/// `#`), so a password with an unencoded `@` is hidden whole. If an `@` only comes later, the
+/// password itself may hold an unencoded `/`, `?` or `#`: then everything up to the last `@` is
+/// hidden, rather than guessing where the password ends.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}")
-        }
+    let (authority, tail) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    if let Some((userinfo, host)) = authority.rsplit_once('@') {
+        let user = userinfo.split(':').next().unwrap_or_default();
+        return format!("{scheme}://{user}:***@{host}{tail}");
+    }
+    match rest.rsplit_once('@') {
+        Some((_, after)) => format!("{scheme}://***@{after}"),
         None => url.to_string(),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{MAX_NAME_PREFIX_BYTES, name_prefix, redact_url};
+
+    #[test]
+    fn name_prefixes_are_short_printable_ascii() {
+        for ok in ["", "it-1a2b.", "tenant_a/", &"p".repeat(MAX_NAME_PREFIX_BYTES)] {
+            assert_eq!(name_prefix(ok).as_deref(), Ok(ok));
+        }
+        let long = name_prefix(&"p".repeat(MAX_NAME_PREFIX_BYTES + 1)).unwrap_err();
+        assert!(long.contains("201 bytes") && long.contains("at most 200"), "{long}");
+        for bad in ["a b", "tab\t", "é.", "nl\n"] {
+            assert!(name_prefix(bad).unwrap_err().contains("printable ASCII"), "{bad:?}");
+        }
+    }
 
     #[test]
     fn passwords_never_appear_in_redacted_urls() {
@@ -94,5 +132,30 @@ mod tests {
             "amqp://guest:***@127.0.0.1:5672/%2f"
         );
         assert_eq!(redact_url("amqps://broker/vh"), "amqps://broker/vh");
+        assert_eq!(
+            redact_url("amqp://guest:p@ss@w0rd@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f",
+            "an unencoded @ in the password"
+        );
+        assert_eq!(redact_url("amqps://user@host/vh"), "amqps://user:***@host/vh");
+        assert_eq!(
+            redact_url("amqps://u:s3cr@t@host?heartbeat=10"),
+            "amqps://u:***@host?heartbeat=10"
+        );
+        for (url, secret) in [
+            ("amqp://u:se/cr@et@host/vh", "cr@et"),
+            ("amqp://u:se?cret@host/vh", "cret"),
+            ("amqp://u:se#cr@et@host", "cr@et"),
+        ] {
+            let redacted = redact_url(url);
+            assert!(
+                !redacted.contains(secret) && !redacted.contains("se"),
+                "{url} → {redacted}"
+            );
+            assert!(
+                redacted.ends_with("@host/vh") || redacted.ends_with("@host"),
+                "{redacted}"
+            );
+        }
     }
 }

@@ -13,6 +13,11 @@ pub const REQUEST_ROUTING_KEY: &str = "session.request";
 pub const EVENT_ROUTING_KEY: &str = "session.created";
 /// Default poison-message guard: after this many redeliveries the broker dead-letters the message.
 pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
+/// `x-delivery-limit` of the dead-letter queue: in effect none. RabbitMQ 4 gives quorum queues a
+/// limit of 20 by default, and the dead queue has no dead-letter exchange of its own, so a dead
+/// letter returned that often (`dead-letters list` returns what it reads by closing its channel)
+/// would be dropped. An explicit value is valid from RabbitMQ 3.10 on.
+pub const DEAD_LETTER_DELIVERY_LIMIT: i64 = 1_000_000;
 
 /// Declaration settings that are not names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,8 +122,13 @@ impl Topology {
         channel
             .queue_declare(self.request_queue.as_str().into(), queue_opts, request_args)
             .await?;
+        let mut dead_letter_args = quorum();
+        dead_letter_args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DEAD_LETTER_DELIVERY_LIMIT),
+        );
         channel
-            .queue_declare(self.dead_letter_queue.as_str().into(), queue_opts, quorum())
+            .queue_declare(self.dead_letter_queue.as_str().into(), queue_opts, dead_letter_args)
             .await?;
         channel
             .queue_declare(self.audit_queue.as_str().into(), queue_opts, quorum())

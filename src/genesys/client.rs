@@ -437,7 +437,8 @@ impl GenesysClient {
             StatusClass::Permanent | StatusClass::Created => Failure::Permanent,
         };
         let message = match failure {
-            // The dead letter's detail: Genesys's own words, else the status line.
+            // Kept on the error for debugging only (a 400 can echo request values): the dead letter's
+            // detail shows the status, code and contextId, never this text.
             Failure::Permanent => error.message.clone().unwrap_or_else(|| {
                 let reason = reqwest::StatusCode::from_u16(status)
                     .ok()

@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde_json::Value;
 
-/// The longest Genesys `message` kept; the rest is cut (it ends up in a dead-letter header).
+/// The longest Genesys `message` kept; the rest is cut.
 const MAX_MESSAGE_CHARS: usize = 300;
 
 /// A Genesys error body, `{message, code, status, messageParams, contextId, details[], errors[]}`, or
@@ -122,11 +122,16 @@ pub(crate) fn correlation_id(headers: &HeaderMap) -> Option<String> {
 /// request with [`CreateError::kind`] as the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
-    /// Genesys refused the request for good (4xx other than 408/429, a second 401, 501).
-    #[error("{}", rejected_text(*status, code.as_deref(), message, context_id.as_deref(), *attempts))]
+    /// Genesys refused the request for good (4xx other than 408/429, a second 401, 501). The
+    /// text (dead-letter `x-error-detail`, replies, logs) holds the status, `code` and `contextId`
+    /// only, never `message`.
+    #[error("{}", rejected_text(*status, code.as_deref(), context_id.as_deref(), *attempts))]
     Rejected {
         status: u16,
         code: Option<String>,
+        /// Genesys's free text (else the status line), for a debugger's eyes only: a 400 can echo
+        /// request values (PII), so it is left out of the Display text, which is published and
+        /// logged. The `contextId` finds the full response at Genesys support.
         message: String,
         context_id: Option<String>,
         attempts: u32,
@@ -141,13 +146,10 @@ pub enum CreateError {
     },
 }
 
-fn rejected_text(status: u16, code: Option<&str>, message: &str, context_id: Option<&str>, attempts: u32) -> String {
+fn rejected_text(status: u16, code: Option<&str>, context_id: Option<&str>, attempts: u32) -> String {
     let mut s = format!("Genesys rejected the session request with HTTP {status}");
     if let Some(code) = code {
         s.push_str(&format!(" ({code})"));
-    }
-    if !message.is_empty() {
-        s.push_str(&format!(": {message}"));
     }
     if let Some(id) = context_id {
         s.push_str(&format!(" [contextId {id}]"));
@@ -292,7 +294,7 @@ mod tests {
         let rejected = CreateError::Rejected {
             status: 400,
             code: Some("bad.request".into()),
-            message: "nope".into(),
+            message: "guest_id g-123 is not valid".into(),
             context_id: Some("ctx".into()),
             attempts: 1,
         };
@@ -301,7 +303,8 @@ mod tests {
         assert_eq!(rejected.context_id(), Some("ctx"));
         assert_eq!(
             rejected.to_string(),
-            "Genesys rejected the session request with HTTP 400 (bad.request): nope [contextId ctx] after 1 attempt"
+            "Genesys rejected the session request with HTTP 400 (bad.request) [contextId ctx] after 1 attempt",
+            "Genesys's free text can echo request values: never in the published or logged text"
         );
         let exhausted = CreateError::RetriesExhausted {
             last_error: "HTTP 503".into(),

@@ -35,7 +35,7 @@ pub(crate) enum Failure {
 }
 
 /// One failed attempt. `message` holds no body value other than Genesys's own `message` of a
-/// permanent rejection, and never a token.
+/// permanent rejection (kept out of [`CreateError`]'s Display text), and never a token.
 #[derive(Debug, Clone)]
 pub(crate) struct AttemptError {
     pub failure: Failure,

@@ -323,16 +323,17 @@ async fn handle(ctx: &PipelineContext, requests: &InFlightRequests, check_now: &
     propagation::with_upstream(upstream, work).await;
 }
 
-/// Runs the pipeline, unless a copy of the same request in flight in this replica settles this
-/// one too (see [`super::inflight`]).
+/// Runs the pipeline, unless a copy of the same request in flight in this replica created the
+/// session and had its event confirmed, which settles this one too (see [`super::inflight`]). A
+/// copy whose first copy was dead-lettered is processed itself, after the first.
 async fn process_once(ctx: &PipelineContext, requests: &InFlightRequests, delivery: &Delivery) -> Disposition {
     let Some(key) = RequestKey::of(&delivery.data) else {
-        return process(ctx, delivery).await;
+        return Box::pin(process(ctx, delivery)).await;
     };
     loop {
         match requests.claim(&key) {
             Claim::Leader(leader) => {
-                let disposition = process(ctx, delivery).await;
+                let disposition = Box::pin(process(ctx, delivery)).await;
                 leader.settle(match &disposition {
                     Disposition::Ack(outcome) => Some(outcome),
                     Disposition::Requeue { .. } => None,
@@ -344,7 +345,7 @@ async fn process_once(ctx: &PipelineContext, requests: &InFlightRequests, delive
                     tracing::info!(
                         request_id = key.request_id(),
                         outcome = outcome.label(),
-                        "a copy of this request in flight in this replica settled it; acking this one without processing it again"
+                        "a copy of this request in flight in this replica created its session; acking this one without processing it again"
                     );
                     let span = tracing::Span::current();
                     span.record("guest_session.outcome", outcome.label());

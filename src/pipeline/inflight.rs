@@ -9,13 +9,19 @@
 //!
 //! So the first copy to arrive *leads*: it runs the pipeline. A later copy *follows*: it waits
 //! for the leader's settlement and then
-//! - if the leader's outcome was confirmed by the broker (event, or dead letter, published) and
-//!   the follower's body is byte-identical, the follower is acked with that same outcome: the
-//!   request already has its one terminal message, and a second would only be a duplicate;
-//! - otherwise (the leader's publish failed, it was aborted by a shutdown or a lost connection,
-//!   or the follower carries a different body under the same request id) the follower claims
-//!   again and runs the pipeline itself. A different body is not assumed to be a copy: it gets its
-//!   own outcome, but only after the leader, so Genesys never sees one `messageId` twice at once.
+//! - if the leader created the session and its `session.created` event was confirmed by the
+//!   broker, and the follower's body is byte-identical, the follower is acked with that same
+//!   outcome: the request already has its event, and a second would only be a duplicate;
+//! - otherwise the follower claims again and runs the pipeline itself. That covers a leader whose
+//!   publish failed or that was aborted (a shutdown, a lost connection), a follower with a
+//!   different body under the same request id (not assumed to be a copy: it gets its own outcome),
+//!   and a leader that dead-lettered the request. A dead letter is not shared because it may not
+//!   last: an operator replaying or draining the dead queue at the same moment may already have
+//!   taken it, and acking the copy on its strength could lose the request. A second dead letter is
+//!   harmless; a missing one is not.
+//!
+//! Either way the follower runs only after the leader has settled, so Genesys never sees one
+//! `messageId` twice at once.
 //!
 //! Copies that are *not* in flight together (a redelivery after a crash, or a copy on another
 //! replica) are processed again, and recognisable: same `correlation_id`, same Genesys
@@ -190,8 +196,9 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// Waits for the leader. `Some(outcome)`: the leader's confirmed outcome settles this copy
-    /// too (ack it). `None`: claim again and process it.
+    /// Waits for the leader. `Some(outcome)`: the leader created the session and its event was
+    /// confirmed, which settles this copy too (ack it). `None`: claim again and process it; that
+    /// includes a confirmed dead letter, which is not shared (see the module comment).
     pub async fn outcome(mut self) -> Option<Outcome> {
         let settlement = match self.settled.wait_for(Option::is_some).await {
             Ok(settled) => settled.clone(),
@@ -199,7 +206,7 @@ impl Follower {
             Err(_) => None,
         };
         match settlement {
-            Some(Settlement::Confirmed(outcome)) if self.same_body => Some(outcome),
+            Some(Settlement::Confirmed(outcome @ Outcome::Created { .. })) if self.same_body => Some(outcome),
             _ => None,
         }
     }
@@ -291,6 +298,35 @@ mod tests {
         };
         leader.settle(Some(&created()));
         assert_eq!(follower.outcome().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_confirmed_dead_letter_is_not_shared_the_follower_processes_its_copy() {
+        let requests = InFlightRequests::default();
+        let k = key(r#"{"request_id":"r1"}"#);
+        for dead_lettered in [
+            Outcome::Rejected {
+                reason: crate::request::RejectReason::Invalid,
+            },
+            Outcome::Failed {
+                reason: "genesys_rejected",
+                attempts: 1,
+            },
+        ] {
+            let Claim::Leader(leader) = requests.claim(&k) else {
+                panic!("leads")
+            };
+            let Claim::Follower(follower) = requests.claim(&k) else {
+                panic!("follows")
+            };
+            let waiting = tokio::spawn(follower.outcome());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(!waiting.is_finished(), "a follower waits for its leader");
+            leader.settle(Some(&dead_lettered));
+            assert_eq!(waiting.await.unwrap(), None, "{dead_lettered:?}");
+            // The follower then leads its own run (one at a time, never alongside the first).
+            assert!(matches!(requests.claim(&k), Claim::Leader(_)));
+        }
     }
 
     #[test]

@@ -12,7 +12,12 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
 use tracing::Level;
-use tracing_subscriber::{EnvFilter, Layer, filter::Targets, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter, Layer,
+    filter::{FilterExt, Targets, filter_fn},
+    layer::{Filter, SubscriberExt},
+    util::SubscriberInitExt,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -53,7 +58,7 @@ impl Telemetry {
         });
         // RUST_LOG sets how much is logged, not what is traced: turning logs down to `warn` must
         // not break traces.
-        let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+        let log_filter = log_filter(std::env::var("RUST_LOG").ok().as_deref(), default_filter);
         let fmt = match format {
             LogFormat::Json => tracing_subscriber::fmt::layer()
                 .json()
@@ -76,6 +81,29 @@ impl Telemetry {
         }
         let _ = self.provider.shutdown();
     }
+}
+
+/// lapin logs every message the broker returns (an unroutable `session.created` event, say) at
+/// WARN with its whole body: guest ids and attributes, raw PII. The worker reports unroutable
+/// publishes itself, without the body.
+const RETURNED_MESSAGES: &str = "lapin::returned_messages";
+
+/// The log filter: `rust_log` (else `default_filter`), with [`RETURNED_MESSAGES`] always off. The
+/// `off` directive wins over a directive for the same target in `rust_log`; the target check
+/// also covers span directives (`[consume]=debug`), which EnvFilter lets override per-target
+/// ones.
+fn log_filter<S: tracing::Subscriber + 'static>(
+    rust_log: Option<&str>,
+    default_filter: &str,
+) -> impl Filter<S> + Send + Sync + 'static {
+    let env = rust_log
+        .and_then(|value| EnvFilter::try_new(value).ok())
+        .unwrap_or_else(|| EnvFilter::new(default_filter));
+    let env = match format!("{RETURNED_MESSAGES}=off").parse() {
+        Ok(directive) => env.add_directive(directive),
+        Err(_) => env,
+    };
+    env.and(filter_fn(|metadata| !metadata.target().starts_with(RETURNED_MESSAGES)))
 }
 
 /// Only this crate's spans (and the events inside them) are exported: libraries' own spans, such
@@ -139,4 +167,70 @@ fn tracer_provider() -> Result<SdkTracerProvider, TelemetryError> {
         .with_protocol(protocol()?)
         .build()?;
     Ok(builder.with_batch_exporter(exporter).build())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::fmt::MakeWriter;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Captured {
+        type Writer = Captured;
+
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    fn logged(rust_log: Option<&str>) -> String {
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(captured.clone())
+                .with_filter(log_filter(rust_log, "info")),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(target: "lapin::returned_messages", message = "guest-id-g-123", "Server returned us a message");
+            tracing::info_span!("consume").in_scope(|| {
+                tracing::warn!(target: "lapin::returned_messages", message = "guest-id-g-456", "Server returned us a message");
+                tracing::warn!(target: "lapin::channels", "still logged");
+            });
+        });
+        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn lapins_returned_messages_are_never_logged_whatever_rust_log_says() {
+        for rust_log in [
+            None,
+            Some("trace"),
+            Some("warn,lapin::returned_messages=warn"),
+            Some("lapin=trace,lapin::returned_messages=trace"),
+            Some("[consume]=trace"),
+        ] {
+            let out = logged(rust_log);
+            assert!(!out.contains("guest-id-g-"), "RUST_LOG={rust_log:?}: {out}");
+            assert!(
+                out.contains("still logged"),
+                "RUST_LOG={rust_log:?}: other lapin logs stay: {out}"
+            );
+        }
+    }
 }

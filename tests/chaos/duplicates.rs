@@ -41,3 +41,39 @@ async fn copies_in_flight_together_are_processed_once() {
     assert_eq!(world.count(&world.topology.request_queue).await, 0, "every copy acked");
     world.cleanup().await;
 }
+
+/// A dead letter is not shared with the copies in flight alongside: an operator may be draining
+/// the dead queue at that very moment, and acking a copy on the strength of a dead letter that
+/// is already gone would lose the request. Each copy gets its own, one after the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_a_dead_lettered_request_each_get_their_own_dead_letter_one_at_a_time() {
+    const LATENCY_MS: u64 = 300;
+    let world = World::start(&shared_amqp_url(), fast_sim(LATENCY_MS)).await;
+    world.sim.set_faults(guest_session_worker::sim::Faults {
+        reject_status: Some(400),
+        ..Default::default()
+    });
+    let (worker, _readiness) = world.start_worker_in_process(8, |_| {}).await;
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        world.publish_body(valid_request("dup-dead-1")).await;
+    }
+    let settled = eventually(Duration::from_secs(30), || async {
+        world.count(&world.topology.dead_letter_queue).await >= 3
+            && world.count(&world.topology.request_queue).await == 0
+    })
+    .await;
+    assert!(settled, "not every copy was dead-lettered");
+    // Never two Genesys calls for one messageId at once: the copies ran after each other.
+    assert!(
+        started.elapsed() >= Duration::from_millis(3 * LATENCY_MS),
+        "the copies reached Genesys together"
+    );
+    worker.shutdown().await;
+
+    let outcomes = world.outcomes().await;
+    assert_eq!(outcomes.dead.get("dup-dead-1").map(Vec::len), Some(3), "{outcomes:?}");
+    assert!(outcomes.events.is_empty());
+    assert_eq!(world.sim.stats().rejected, 3, "each copy asked Genesys itself");
+    world.cleanup().await;
+}

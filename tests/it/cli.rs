@@ -81,3 +81,21 @@ async fn run_without_an_audit_key_refuses_to_start() {
     assert!(!output.status.success());
     assert!(stderr.contains("AUDIT_HMAC_KEY"), "{stderr}");
 }
+
+/// AMQP names are at most 255 bytes; a longer prefix must be refused up front, not make lapin
+/// panic while declaring the topology.
+#[tokio::test]
+async fn a_name_prefix_too_long_for_amqp_is_refused_with_a_clear_message() {
+    let url = amqp_url().await;
+    let prefix = "p".repeat(300);
+    for args in [&["enqueue", "--sample", "1"][..], &["dead-letters", "list"]] {
+        let output = cli(args, &[("AMQP_URL", &url), ("AMQP_NAME_PREFIX", &prefix)]).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("AMQP_NAME_PREFIX is 300 bytes long; at most 200"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

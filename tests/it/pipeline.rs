@@ -181,6 +181,13 @@ async fn a_genesys_400_is_dead_lettered_as_genesys_rejected_with_its_context_id(
     assert_eq!(header(&dead[0], dead_letter::KIND).as_deref(), Some("genesys_rejected"));
     let context_id = header(&dead[0], dead_letter::CONTEXT_ID).expect("x-genesys-context-id");
     assert!(!context_id.is_empty());
+    // Status, code and contextId; Genesys's free text stays out (a 400 can echo request values).
+    let detail = header(&dead[0], dead_letter::DETAIL).expect("x-error-detail");
+    assert!(
+        detail.contains("HTTP 400") && detail.contains("bad.request") && detail.contains(&context_id),
+        "{detail}"
+    );
+    assert!(!detail.contains("could not be understood"), "{detail}");
     assert_eq!(
         header(&dead[0], dead_letter::ATTEMPTS).as_deref(),
         Some("1"),

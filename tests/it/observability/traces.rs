@@ -400,3 +400,31 @@ async fn run_refuses_an_otlp_protocol_it_cannot_speak() {
         "{stderr}"
     );
 }
+
+/// An unroutable `session.created` event comes back from the broker whole (guest id, attributes);
+/// lapin would log it at WARN. Not even a RUST_LOG that asks for it lets it into the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unroutable_event_is_dead_lettered_without_its_body_in_the_log() {
+    let env = TestEnv::start_with(EnvOptions {
+        start_worker: false,
+        ..Default::default()
+    })
+    .await;
+    // No CRM queue is bound: the event is unroutable.
+    let secrets = Secrets::new();
+    let request_id = format!("req-unroutable-{}", random_hex(8));
+    env.publish(body(&secrets.valid(&request_id))).await;
+    let worker = ChildWorker::spawn(&env, &[("RUST_LOG", "info,lapin::returned_messages=trace")]);
+    let dead = env.take(&env.topology.dead_letter_queue.clone(), 1, WAIT).await;
+    let (exited_cleanly, stderr) = worker.terminate().await;
+    assert!(exited_cleanly, "worker exit status after SIGTERM:\n{stderr}");
+    assert_eq!(header(&dead[0], "x-error-kind").as_deref(), Some("event_unroutable"));
+    assert!(stderr.contains("event_unroutable"), "the worker reports it:\n{stderr}");
+    // lapin prints the body as a byte list, so look for its log line, not only the strings.
+    assert!(
+        !stderr.contains("lapin::returned_messages") && !stderr.contains("returned us a message"),
+        "lapin logged the returned event:\n{stderr}"
+    );
+    secrets.assert_absent(&stderr, "the worker's log");
+    env.cleanup().await;
+}
