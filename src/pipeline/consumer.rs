@@ -328,12 +328,12 @@ async fn handle(ctx: &PipelineContext, requests: &InFlightRequests, check_now: &
 /// copy whose first copy was dead-lettered is processed itself, after the first.
 async fn process_once(ctx: &PipelineContext, requests: &InFlightRequests, delivery: &Delivery) -> Disposition {
     let Some(key) = RequestKey::of(&delivery.data) else {
-        return Box::pin(process(ctx, delivery)).await;
+        return process(ctx, delivery).await;
     };
     loop {
         match requests.claim(&key) {
             Claim::Leader(leader) => {
-                let disposition = Box::pin(process(ctx, delivery)).await;
+                let disposition = process(ctx, delivery).await;
                 leader.settle(match &disposition {
                     Disposition::Ack(outcome) => Some(outcome),
                     Disposition::Requeue { .. } => None,
