@@ -1,5 +1,5 @@
-//! `bench rate-limit --smoke`: the benchmark runs end to end (simulator, worker processes, broker)
-//! and writes its table where it is told, never to the repository's BENCHMARKS.md.
+//! The benchmarks' smoke runs (`bench rate-limit --smoke`, `bench perf --smoke`): they run end to end
+//! (simulator, worker processes, broker) and write their tables where told, never to BENCHMARKS.md.
 
 use crate::helpers::{amqp_url, unique_prefix};
 
@@ -27,5 +27,37 @@ async fn rate_limit_smoke_run_exits_zero_and_writes_its_table() {
     assert!(table.contains("| steady backlog | 1 |"), "{table}");
     assert!(table.contains("| 429 storm | 1 |"), "{table}");
     assert!(table.contains("bench:rate-limit:end"), "{table}");
+    std::fs::remove_dir_all(&dir).expect("temp dir removed");
+}
+
+/// `bench perf --smoke`: every scenario runs for a moment and the table lands where it is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn perf_smoke_run_exits_zero_and_writes_its_table() {
+    let url = amqp_url().await;
+    let dir = std::env::temp_dir().join(format!("gsw-perf-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("BENCHMARKS.md");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_guest-session-worker"))
+        .args(["bench", "perf", "--smoke", "--output"])
+        .arg(&path)
+        .env("AMQP_URL", &url)
+        .env("AMQP_NAME_PREFIX", unique_prefix())
+        .env("LOG_FORMAT", "pretty")
+        .output()
+        .await
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed: {stderr}");
+    let table = std::fs::read_to_string(&path).expect("the table was written");
+    for row in [
+        "## Performance",
+        "throughput ≥ 0.45 × ceiling",
+        "Little's law",
+        "p99 added latency",
+        "peak RSS",
+        "What we changed",
+    ] {
+        assert!(table.contains(row), "missing {row}: {table}");
+    }
     std::fs::remove_dir_all(&dir).expect("temp dir removed");
 }
