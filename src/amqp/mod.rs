@@ -6,9 +6,11 @@ pub mod connect;
 pub mod headers;
 pub mod publisher;
 pub mod request_message;
+pub mod tap;
 pub mod topology;
 
 pub use connect::{AmqpArgs, ConnectError, connect};
 pub use publisher::{Outgoing, PublishError, Publisher};
 pub use request_message::request_message;
+pub use tap::tap;
 pub use topology::{Topology, TopologyOptions};

@@ -29,11 +29,7 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use lapin::{
-    Channel, Connection,
-    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
+use lapin::{Channel, Connection, types::FieldTable};
 use tokio::{process::Child, task::JoinHandle, time::Instant};
 
 use crate::{
@@ -144,37 +140,7 @@ impl Lab {
 
     async fn count(&self, exchange: &str, routing_key: &str) -> Result<Counter, BenchError> {
         let channel = self.connection.create_channel().await?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                exchange.into(),
-                routing_key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let mut consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let mut consumer = crate::amqp::tap(&channel, exchange, routing_key, true).await?;
         let count = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn({
             let count = Arc::clone(&count);

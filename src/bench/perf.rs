@@ -23,7 +23,7 @@ use lapin::{
     BasicProperties, Connection,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-        QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
     },
     types::{AMQPValue, FieldTable, LongString},
 };
@@ -577,37 +577,7 @@ async fn watch_events(
     exchange: &str,
 ) -> Result<Arc<Mutex<HashMap<String, Instant>>>, BenchError> {
     let channel = connection.create_channel().await?;
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            exchange.into(),
-            EVENT_ROUTING_KEY.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = crate::amqp::tap(&channel, exchange, EVENT_ROUTING_KEY, true).await?;
     let received = Arc::new(Mutex::new(HashMap::new()));
     let sink = received.clone();
     tokio::spawn(async move {

@@ -8,16 +8,12 @@ use std::{
 
 use anyhow::Context;
 use futures_util::StreamExt;
-use lapin::{
-    Channel,
-    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
+use lapin::types::FieldTable;
 use secrecy::SecretString;
 
 use super::sample;
 use crate::{
-    amqp::{AmqpArgs, Publisher, Topology, connect, request_message, topology::EVENT_ROUTING_KEY},
+    amqp::{AmqpArgs, Publisher, Topology, connect, request_message, tap, topology::EVENT_ROUTING_KEY},
     genesys::{GenesysClient, GenesysConfig},
     health::Readiness,
     metrics::Metrics,
@@ -86,8 +82,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     // Watch the outcomes through our own temporary queues, as a CRM consumer and an operator would.
     let connection = connect(&args.amqp.url, "guest-session-worker demo").await?;
     let channel = connection.create_channel().await?;
-    let events = watch(&channel, &topology.crm_exchange, EVENT_ROUTING_KEY).await?;
-    let dead = watch(&channel, &topology.dead_letter_exchange, "").await?;
+    let events = tap(&channel, &topology.crm_exchange, EVENT_ROUTING_KEY, false).await?;
+    let dead = tap(&channel, &topology.dead_letter_exchange, "", false).await?;
 
     let mut batch: Vec<(String, Vec<u8>)> = (0..args.valid)
         .map(|i| {
@@ -179,38 +175,6 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         "{mismatches} request(s) ended with an unexpected outcome"
     );
     Ok(())
-}
-
-/// An exclusive, auto-deleted queue bound to `exchange`, consumed with auto-ack off.
-async fn watch(channel: &Channel, exchange: &str, routing_key: &str) -> anyhow::Result<lapin::Consumer> {
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            exchange.into(),
-            routing_key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(channel
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?)
 }
 
 fn print_summary(
