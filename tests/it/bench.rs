@@ -1,7 +1,7 @@
 //! The benchmarks' smoke runs (`bench rate-limit --smoke`, `bench perf --smoke`): they run end to end
 //! (simulator, worker processes, broker) and write their tables where told, never to BENCHMARKS.md.
 
-use crate::helpers::{amqp_url, unique_prefix};
+use crate::helpers::{amqp_url, cli, unique_prefix};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_smoke_run_exits_zero_and_writes_its_table() {
@@ -10,15 +10,17 @@ async fn rate_limit_smoke_run_exits_zero_and_writes_its_table() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("BENCHMARKS.md");
     std::fs::write(&path, "# Benchmarks\n\nkept as is\n").expect("seed file");
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_guest-session-worker"))
-        .args(["bench", "rate-limit", "--smoke", "--output"])
-        .arg(&path)
-        .env("AMQP_URL", &url)
-        .env("AMQP_NAME_PREFIX", unique_prefix())
-        .env("LOG_FORMAT", "pretty")
-        .output()
-        .await
-        .expect("the binary runs");
+    let output = cli(
+        &[
+            "bench",
+            "rate-limit",
+            "--smoke",
+            "--output",
+            path.to_str().expect("UTF-8 temp path"),
+        ],
+        &[("AMQP_URL", &url), ("AMQP_NAME_PREFIX", &unique_prefix())],
+    )
+    .await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "bench failed: {stderr}");
     let table = std::fs::read_to_string(&path).expect("the table was written");
@@ -37,15 +39,17 @@ async fn perf_smoke_run_exits_zero_and_writes_its_table() {
     let dir = std::env::temp_dir().join(format!("gsw-perf-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("BENCHMARKS.md");
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_guest-session-worker"))
-        .args(["bench", "perf", "--smoke", "--output"])
-        .arg(&path)
-        .env("AMQP_URL", &url)
-        .env("AMQP_NAME_PREFIX", unique_prefix())
-        .env("LOG_FORMAT", "pretty")
-        .output()
-        .await
-        .expect("the binary runs");
+    let output = cli(
+        &[
+            "bench",
+            "perf",
+            "--smoke",
+            "--output",
+            path.to_str().expect("UTF-8 temp path"),
+        ],
+        &[("AMQP_URL", &url), ("AMQP_NAME_PREFIX", &unique_prefix())],
+    )
+    .await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "bench failed: {stderr}");
     let table = std::fs::read_to_string(&path).expect("the table was written");

@@ -1,22 +1,8 @@
 //! The command line as a new user meets it.
 
-use std::process::Output;
-
 use guest_session_worker::amqp::{Topology, connect};
 
-use crate::helpers::{amqp_url, unique_prefix};
-
-async fn cli(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_guest-session-worker"));
-    command
-        .args(args)
-        .env_remove("AMQP_NAME_PREFIX")
-        .env("LOG_FORMAT", "pretty");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    command.output().await.expect("the binary runs")
-}
+use crate::helpers::{amqp_url, cli, unique_prefix};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_once_exits_zero_and_prints_the_summary() {

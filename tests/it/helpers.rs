@@ -1,7 +1,7 @@
 //! Test harness: a real broker (AMQP_URL, or RabbitMQ in a testcontainer), a real simulator on a
 //! random port, and a worker under a unique name prefix, all started per test.
 
-use std::time::Duration;
+use std::{process::Output, time::Duration};
 
 use futures_util::StreamExt;
 use guest_session_worker::{
@@ -11,7 +11,7 @@ use guest_session_worker::{
     metrics::Metrics,
     pipeline::{Worker, WorkerSettings},
     request::ValidationPolicy,
-    sim::{self, RunningSim, SimConfig},
+    sim::{self, Faults, RunningSim, SimConfig},
 };
 use lapin::{
     BasicProperties, Channel, Connection, Consumer,
@@ -75,6 +75,8 @@ impl Default for EnvOptions {
 /// One test's world. Call [`TestEnv::cleanup`] at the end.
 pub struct TestEnv {
     pub url: String,
+    /// The name prefix of this test's exchanges and queues (`AMQP_NAME_PREFIX` for the CLI).
+    pub prefix: String,
     pub topology: Topology,
     pub sim: RunningSim,
     pub sim_config: SimConfig,
@@ -96,7 +98,8 @@ impl TestEnv {
 
     pub async fn start_with(options: EnvOptions) -> Self {
         let url = amqp_url().await;
-        let topology = Topology::new(&unique_prefix());
+        let prefix = unique_prefix();
+        let topology = Topology::new(&prefix);
         let sim = sim::spawn(options.sim.clone()).await.expect("simulator starts");
         let mut genesys_config = GenesysConfig::for_simulator(
             &sim.base_url(),
@@ -124,6 +127,7 @@ impl TestEnv {
         let readiness = Readiness::default();
         let mut env = Self {
             url,
+            prefix,
             topology,
             sim,
             sim_config: options.sim,
@@ -141,6 +145,30 @@ impl TestEnv {
             env.start_worker().await;
         }
         env
+    }
+
+    /// A world whose simulator already injects `faults` when the worker starts, with the CRM
+    /// observer queue bound; returns that queue's name too.
+    pub async fn start_with_faults(faults: Faults) -> (Self, String) {
+        let mut env = Self::start_with(EnvOptions {
+            start_worker: false,
+            ..Default::default()
+        })
+        .await;
+        let events_queue = env.bind_events().await;
+        env.sim.set_faults(faults);
+        env.start_worker().await;
+        (env, events_queue)
+    }
+
+    /// Runs the CLI against this test's broker and names.
+    pub async fn cli(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
+        let mut env = vec![
+            ("AMQP_URL", self.url.as_str()),
+            ("AMQP_NAME_PREFIX", self.prefix.as_str()),
+        ];
+        env.extend_from_slice(extra_env);
+        cli(args, &env).await
     }
 
     pub async fn start_worker(&mut self) {
@@ -288,6 +316,20 @@ impl TestEnv {
         let _ = self.connection.close(200, "test done".into()).await;
         self.sim.shutdown().await;
     }
+}
+
+/// Runs the `guest-session-worker` binary with `args` and exactly the given extra environment
+/// (an inherited `AMQP_NAME_PREFIX` is dropped), human-readable logs on stderr.
+pub async fn cli(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_guest-session-worker"));
+    command
+        .args(args)
+        .env_remove("AMQP_NAME_PREFIX")
+        .env("LOG_FORMAT", "pretty");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().await.expect("the binary runs")
 }
 
 /// A valid request body with the given request id.

@@ -165,17 +165,11 @@ async fn each_invalid_class_is_dead_lettered_once_with_its_reason_and_the_body_u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_genesys_400_is_dead_lettered_as_genesys_rejected_with_its_context_id() {
-    let mut env = TestEnv::start_with(EnvOptions {
-        start_worker: false,
+    let (env, events_queue) = TestEnv::start_with_faults(Faults {
+        reject_status: Some(400),
         ..Default::default()
     })
     .await;
-    let events_queue = env.bind_events().await;
-    env.sim.set_faults(Faults {
-        reject_status: Some(400),
-        ..Default::default()
-    });
-    env.start_worker().await;
     env.publish(body(&valid_request("rejected-1"))).await;
     let dead = env.take(&env.topology.dead_letter_queue.clone(), 1, WAIT).await;
     assert_eq!(header(&dead[0], dead_letter::KIND).as_deref(), Some("genesys_rejected"));
@@ -199,17 +193,11 @@ async fn a_genesys_400_is_dead_lettered_as_genesys_rejected_with_its_context_id(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_two_second_genesys_outage_delays_but_loses_nothing() {
-    let mut env = TestEnv::start_with(EnvOptions {
-        start_worker: false,
+    let (env, events_queue) = TestEnv::start_with_faults(Faults {
+        outage_secs: Some(2.0),
         ..Default::default()
     })
     .await;
-    let events_queue = env.bind_events().await;
-    env.sim.set_faults(Faults {
-        outage_secs: Some(2.0),
-        ..Default::default()
-    });
-    env.start_worker().await;
     for i in 0..20 {
         env.publish(body(&valid_request(&format!("outage-{i}")))).await;
     }
@@ -328,17 +316,11 @@ async fn guest_chat_jwt_goes_to_the_reply_and_never_to_the_crm_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_dead_letters_are_processed_once_the_cause_is_gone() {
-    let mut env = TestEnv::start_with(EnvOptions {
-        start_worker: false,
+    let (env, events_queue) = TestEnv::start_with_faults(Faults {
+        reject_status: Some(422),
         ..Default::default()
     })
     .await;
-    let events_queue = env.bind_events().await;
-    env.sim.set_faults(Faults {
-        reject_status: Some(422),
-        ..Default::default()
-    });
-    env.start_worker().await;
     for i in 0..3 {
         env.publish(body(&valid_request(&format!("replay-{i}")))).await;
     }
@@ -353,16 +335,9 @@ async fn replayed_dead_letters_are_processed_once_the_cause_is_gone() {
         ..Default::default()
     });
 
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_guest-session-worker"))
-        .args(["dead-letters", "replay", "--reason", "genesys_rejected"])
-        .env("AMQP_URL", &env.url)
-        .env(
-            "AMQP_NAME_PREFIX",
-            env.topology.request_exchange.trim_end_matches("guest-sessions"),
-        )
-        .output()
-        .await
-        .expect("run the CLI");
+    let output = env
+        .cli(&["dead-letters", "replay", "--reason", "genesys_rejected"], &[])
+        .await;
     assert!(
         output.status.success(),
         "replay failed: {}",
@@ -391,16 +366,7 @@ async fn a_replay_of_still_invalid_dead_letters_replays_each_once() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_guest-session-worker"))
-        .args(["dead-letters", "replay", "--reason", "malformed"])
-        .env("AMQP_URL", &env.url)
-        .env(
-            "AMQP_NAME_PREFIX",
-            env.topology.request_exchange.trim_end_matches("guest-sessions"),
-        )
-        .output()
-        .await
-        .expect("run the CLI");
+    let output = env.cli(&["dead-letters", "replay", "--reason", "malformed"], &[]).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -432,21 +398,10 @@ async fn enqueue_declares_the_request_queue_with_the_configured_delivery_limit()
         ..Default::default()
     })
     .await;
-    let prefix = env
-        .topology
-        .request_exchange
-        .trim_end_matches("guest-sessions")
-        .to_string();
-    let run = |limit: &str| {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_guest-session-worker"))
-            .args(["enqueue", "--sample", "1"])
-            .env("AMQP_URL", &env.url)
-            .env("AMQP_NAME_PREFIX", &prefix)
-            .env("AMQP_DELIVERY_LIMIT", limit)
-            .output()
-    };
     // The harness declared the queue with the default limit; a different one is refused...
-    let refused = run("7").await.expect("run the CLI");
+    let refused = env
+        .cli(&["enqueue", "--sample", "1"], &[("AMQP_DELIVERY_LIMIT", "7")])
+        .await;
     assert!(!refused.status.success(), "a different delivery limit must be refused");
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("x-delivery-limit"),
@@ -455,7 +410,12 @@ async fn enqueue_declares_the_request_queue_with_the_configured_delivery_limit()
     );
     // ...and the matching one is honoured.
     let default_limit = guest_session_worker::amqp::topology::DEFAULT_DELIVERY_LIMIT.to_string();
-    let accepted = run(&default_limit).await.expect("run the CLI");
+    let accepted = env
+        .cli(
+            &["enqueue", "--sample", "1"],
+            &[("AMQP_DELIVERY_LIMIT", &default_limit)],
+        )
+        .await;
     assert!(
         accepted.status.success(),
         "{}",
