@@ -14,7 +14,7 @@ use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
 use tracing::Level;
 use tracing_subscriber::{
     EnvFilter, Layer,
-    filter::{FilterExt, Targets, filter_fn},
+    filter::{FilterExt, LevelFilter, Targets, filter_fn},
     layer::{Filter, SubscriberExt},
     util::SubscriberInitExt,
 };
@@ -103,7 +103,12 @@ fn log_filter<S: tracing::Subscriber + 'static>(
         Ok(directive) => env.add_directive(directive),
         Err(_) => env,
     };
-    env.and(filter_fn(|metadata| !metadata.target().starts_with(RETURNED_MESSAGES)))
+    // A filter without a level hint makes the global maximum level TRACE: every disabled span and
+    // event callsite is then checked at run time, and libraries that test `level_enabled!` (lapin
+    // formats a marker string for every promise) do their TRACE work for nothing. The target check
+    // only ever removes events, so the EnvFilter's hint holds for the pair.
+    let hint = Filter::<S>::max_level_hint(&env).unwrap_or(LevelFilter::TRACE);
+    env.and(filter_fn(|metadata| !metadata.target().starts_with(RETURNED_MESSAGES)).with_max_level_hint(hint))
 }
 
 /// Only this crate's spans (and the events inside them) are exported: libraries' own spans, such
