@@ -10,4 +10,5 @@ mod helpers;
 mod hostile;
 mod observability;
 mod pipeline;
+mod publisher;
 mod rate_limit;
