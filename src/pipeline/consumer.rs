@@ -4,18 +4,15 @@
 //! Every delivery is settled exactly one way: acked after its publishes are confirmed, nacked
 //! with requeue when they were not, or — when its channel died — left to the broker, which
 //! requeues every unacked delivery of a closed channel. A delivery is never acked on a guess.
+//! Acks and nacks go through the channel's [`Settler`], which coalesces acks.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use lapin::{
-    Acker, Channel, Connection,
+    Channel, Connection,
     message::Delivery,
-    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
     types::FieldTable,
 };
 use tokio::{
@@ -30,9 +27,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::{
     Disposition, PipelineContext,
     inflight::{Claim, InFlightRequests, RequestKey},
-    process::process,
+    process::{process_rejected, process_valid},
+    settler::Settler,
 };
-use crate::{health::Readiness, telemetry::propagation};
+use crate::{health::Readiness, request::validate, telemetry::propagation};
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -96,7 +94,7 @@ pub async fn consume(
 
     let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
     let mut in_flight = JoinSet::new();
-    let unsettled = Unsettled::default();
+    let settler = Settler::start(channel.clone());
     let mut liveness = tokio::time::interval(LIVENESS_INTERVAL);
     liveness.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // A handler whose publish failed asks for a check at once: a dead publisher channel must stop
@@ -128,15 +126,15 @@ pub async fn consume(
             Some(Ok(delivery)) => {
                 let ctx = ctx.clone();
                 let requests = settings.requests.clone();
-                let unsettled = unsettled.clone();
+                let settler = settler.clone();
                 let check_now = check_now.clone();
-                unsettled.track(&delivery);
-                in_flight.spawn(async move {
-                    let tag = delivery.delivery_tag;
-                    handle(&ctx, &requests, &check_now, delivery).await;
-                    unsettled.forget(tag);
+                settler.delivered(delivery.delivery_tag);
+                // Boxed: the pipeline's state machine is large, and tokio copies a task's whole
+                // future several times over its life (spawn, completion, join).
+                in_flight.spawn(Box::pin(async move {
+                    handle(&ctx, &requests, &settler, &check_now, delivery).await;
                     drop(permit);
-                });
+                }));
             }
             Some(Err(error)) => break SessionEnd::Lost(error.to_string()),
             None => break SessionEnd::Lost("the broker cancelled the consumer (was the queue deleted?)".into()),
@@ -159,7 +157,7 @@ pub async fn consume(
                 + settings
                     .shutdown_grace
                     .saturating_sub(SETTLE_RESERVE.min(settings.shutdown_grace / 4));
-            drain(&mut in_flight, &unsettled, deadline).await;
+            drain(&mut in_flight, &settler, deadline).await;
         }
         SessionEnd::Lost(cause) if channel.status().connected() && connection.status().connected() => {
             // The broker cancelled the consumer, or a publisher lane died, but acks and nacks
@@ -167,7 +165,7 @@ pub async fn consume(
             tracing::warn!(%cause, in_flight = in_flight.len(), "session lost; settling in-flight requests before reconnecting");
             cancel_consumer(&channel, &settings.consumer_tag).await;
             requeue_buffered(&mut consumer).await;
-            drain(&mut in_flight, &unsettled, ended_at + settings.shutdown_grace).await;
+            drain(&mut in_flight, &settler, ended_at + settings.shutdown_grace).await;
         }
         SessionEnd::Lost(cause) => {
             // The channel is gone, and with it every unacked delivery: the broker requeues them.
@@ -237,30 +235,28 @@ async fn requeue_buffered(consumer: &mut lapin::Consumer) {
     }
 }
 
-/// Waits for in-flight handlers until `deadline`; then stops the rest and nacks their deliveries
-/// with requeue.
-async fn drain(in_flight: &mut JoinSet<()>, unsettled: &Unsettled, deadline: Instant) {
+/// Waits for in-flight handlers until `deadline`; then stops the rest. Either way the settler
+/// then acks what finished and nacks (requeue) what did not.
+async fn drain(in_flight: &mut JoinSet<()>, settler: &Settler, deadline: Instant) {
     let drained = tokio::time::timeout_at(deadline, async { while in_flight.join_next().await.is_some() {} }).await;
-    if drained.is_ok() {
-        return;
+    if drained.is_err() {
+        tracing::warn!(
+            remaining = in_flight.len(),
+            "grace period over; unfinished requests go back to the queue"
+        );
+        in_flight.abort_all();
+        while in_flight.join_next().await.is_some() {}
     }
-    tracing::warn!(
-        remaining = in_flight.len(),
-        "grace period over; unfinished requests go back to the queue"
-    );
-    in_flight.abort_all();
-    while in_flight.join_next().await.is_some() {}
-    // An acker is single-use: a handler that settled its delivery just before the abort makes
-    // this nack a no-op, never a second settlement.
-    let nacks = unsettled
-        .take()
-        .into_iter()
-        .map(|acker| async move { acker.nack(requeue()).await });
-    let settled = tokio::time::timeout(BROKER_CALL_TIMEOUT, futures_util::future::join_all(nacks)).await;
-    let requeued = settled
-        .map(|results| results.into_iter().filter(|r| matches!(r, Ok(true))).count())
-        .unwrap_or(0);
-    tracing::info!(requeued, "unfinished requests returned to the queue");
+    match tokio::time::timeout(BROKER_CALL_TIMEOUT, settler.finish()).await {
+        Ok(Some(finished)) if finished.requeued > 0 => {
+            tracing::info!(
+                requeued = finished.requeued,
+                "unfinished requests returned to the queue"
+            )
+        }
+        Ok(_) => {}
+        Err(_) => tracing::warn!("settling the last deliveries timed out; the broker will redeliver them"),
+    }
 }
 
 fn requeue() -> BasicNackOptions {
@@ -270,70 +266,50 @@ fn requeue() -> BasicNackOptions {
     }
 }
 
-/// The ackers of deliveries handed to handlers and not yet settled, so that deliveries whose
-/// handler was stopped can be nacked explicitly.
-#[derive(Clone, Default)]
-struct Unsettled(Arc<Mutex<HashMap<u64, Acker>>>);
-
-impl Unsettled {
-    fn track(&self, delivery: &Delivery) {
-        self.lock().insert(delivery.delivery_tag, delivery.acker.clone());
-    }
-
-    fn forget(&self, delivery_tag: u64) {
-        self.lock().remove(&delivery_tag);
-    }
-
-    fn take(&self) -> Vec<Acker> {
-        self.lock().drain().map(|(_, acker)| acker).collect()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Acker>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-async fn handle(ctx: &PipelineContext, requests: &InFlightRequests, check_now: &Notify, delivery: Delivery) {
+async fn handle(
+    ctx: &PipelineContext,
+    requests: &InFlightRequests,
+    settler: &Settler,
+    check_now: &Notify,
+    delivery: Delivery,
+) {
     let upstream = propagation::extract(delivery.properties.headers().as_ref());
     let span = consume_span(ctx, &delivery, upstream.clone());
     let _in_flight = ctx.metrics.track_in_flight();
     let work = async {
         let disposition = process_once(ctx, requests, &delivery).await;
-        let result = match &disposition {
+        match &disposition {
             Disposition::Ack(outcome) => {
                 tracing::debug!(outcome = outcome.label(), "acking");
-                delivery.acker.ack(BasicAckOptions::default()).await
+                settler.ack(delivery.delivery_tag);
             }
             Disposition::Requeue { cause } => {
                 tracing::warn!(%cause, "requeueing");
                 check_now.notify_one();
-                delivery.acker.nack(requeue()).await
+                settler.requeue(delivery.delivery_tag);
             }
-        };
-        match result {
-            Ok(true) => {}
-            // lapin refuses to settle on a channel that closed meanwhile.
-            Ok(false) => {
-                tracing::warn!("the delivery's channel closed before it was settled; the broker will redeliver it")
-            }
-            Err(error) => tracing::warn!(%error, "settling the delivery failed; the broker will redeliver it"),
         }
     }
     .instrument(span);
     propagation::with_upstream(upstream, work).await;
 }
 
-/// Runs the pipeline, unless a copy of the same request in flight in this replica created the
-/// session and had its event confirmed, which settles this one too (see [`super::inflight`]). A
-/// copy whose first copy was dead-lettered is processed itself, after the first.
+/// Runs the pipeline, unless a copy of the same valid request in flight in this replica created
+/// the session and had its event confirmed, which settles this one too (see [`super::inflight`]).
+/// A copy whose first copy was dead-lettered is processed itself, after the first. An invalid
+/// request never reaches Genesys, so it is dead-lettered without waiting for other copies.
 async fn process_once(ctx: &PipelineContext, requests: &InFlightRequests, delivery: &Delivery) -> Disposition {
-    let Some(key) = RequestKey::of(&delivery.data) else {
-        return process(ctx, delivery).await;
+    let started = std::time::Instant::now();
+    let received_at = chrono::Utc::now();
+    let request = match validate(&delivery.data, &ctx.policy) {
+        Ok(request) => request,
+        Err(rejection) => return process_rejected(ctx, delivery, rejection, started).await,
     };
+    let key = RequestKey::new(request.request_id(), &delivery.data);
     loop {
         match requests.claim(&key) {
             Claim::Leader(leader) => {
-                let disposition = process(ctx, delivery).await;
+                let disposition = process_valid(ctx, delivery, &request, started, received_at).await;
                 leader.settle(match &disposition {
                     Disposition::Ack(outcome) => Some(outcome),
                     Disposition::Requeue { .. } => None,

@@ -1,5 +1,7 @@
-//! One delivery, top to bottom: decode and validate → create the session → publish the event, the
-//! audit record and the reply → tell the consumer whether to ack.
+//! One delivery, top to bottom, once the consumer has validated it ([`crate::request::validate`]):
+//! a rejection is dead-lettered ([`process_rejected`]); a valid request gets its session created,
+//! then its event, audit record and reply published ([`process_valid`]). Either way the result
+//! says whether the consumer acks or requeues the delivery.
 
 use std::time::Instant;
 
@@ -19,7 +21,7 @@ use crate::{
     audit::{AuditOutcome, AuditRecord, Pseudonymizer},
     genesys::{CreateError, GenesysClient},
     metrics::Metrics,
-    request::{Consent, RejectReason, Rejection, ValidatedRequest, ValidationPolicy, validate},
+    request::{Consent, RejectReason, Rejection, ValidatedRequest, ValidationPolicy},
     telemetry::propagation,
 };
 
@@ -33,14 +35,34 @@ pub struct PipelineContext {
     pub metrics: Metrics,
 }
 
-/// Processes one delivery and says what to do with it. Never panics on input.
-pub async fn process(ctx: &PipelineContext, delivery: &Delivery) -> Disposition {
-    let started = Instant::now();
-    let received_at = Utc::now();
-    let outcome_and_publish = match validate(&delivery.data, &ctx.policy) {
-        Err(rejection) => reject(ctx, delivery, rejection, started).await,
-        Ok(request) => create(ctx, delivery, &request, started, received_at).await,
-    };
+/// Dead-letters a delivery that failed validation.
+pub async fn process_rejected(
+    ctx: &PipelineContext,
+    delivery: &Delivery,
+    rejection: Rejection,
+    started: Instant,
+) -> Disposition {
+    let outcome = reject(ctx, delivery, rejection, started).await;
+    settle(ctx, outcome, started)
+}
+
+/// Creates the session of a valid request and publishes what follows from it.
+pub async fn process_valid(
+    ctx: &PipelineContext,
+    delivery: &Delivery,
+    request: &ValidatedRequest,
+    started: Instant,
+    received_at: chrono::DateTime<Utc>,
+) -> Disposition {
+    let outcome = create(ctx, delivery, request, started, received_at).await;
+    settle(ctx, outcome, started)
+}
+
+fn settle(
+    ctx: &PipelineContext,
+    outcome_and_publish: (Outcome, Result<(), PublishError>),
+    started: Instant,
+) -> Disposition {
     // The consume span (the caller's) says how the request ended, so a trace search by outcome
     // or reason finds it.
     let consume_span = tracing::Span::current();
