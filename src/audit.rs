@@ -10,18 +10,21 @@ use sha2::Sha256;
 /// Computes `guest_ref = hex(HMAC-SHA256(key, guest_id))`.
 #[derive(Clone)]
 pub struct Pseudonymizer {
-    key: SecretString,
+    /// The HMAC state with the key already absorbed (its inner and outer pads hashed once, not
+    /// for every record); cloned per guest id.
+    keyed: Hmac<Sha256>,
 }
 
 impl Pseudonymizer {
     pub fn new(key: SecretString) -> Self {
-        Self { key }
+        // HMAC accepts keys of any length, so construction cannot fail.
+        let keyed = <Hmac<Sha256> as Mac>::new_from_slice(key.expose_secret().as_bytes())
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        Self { keyed }
     }
 
     pub fn guest_ref(&self, guest_id: &str) -> String {
-        // HMAC accepts keys of any length, so construction cannot fail.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.key.expose_secret().as_bytes())
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        let mut mac = self.keyed.clone();
         mac.update(guest_id.as_bytes());
         hex::encode(mac.finalize().into_bytes())
     }
