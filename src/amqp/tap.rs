@@ -5,12 +5,29 @@
 use lapin::{
     Channel, Consumer,
     options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
+    types::{FieldTable, ShortString},
 };
 
 /// Binds a fresh exclusive queue to `exchange` with `routing_key` and consumes it. With `no_ack`
 /// the broker forgets each message once delivered (counting observers); without it the caller acks.
 pub async fn tap(channel: &Channel, exchange: &str, routing_key: &str, no_ack: bool) -> Result<Consumer, lapin::Error> {
+    let queue = bind_exclusive(channel, exchange, routing_key).await?;
+    channel
+        .basic_consume(
+            queue,
+            "".into(),
+            BasicConsumeOptions {
+                no_ack,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// Declares a fresh exclusive, auto-deleted queue bound to `exchange` with `routing_key`; returns
+/// its name.
+pub async fn bind_exclusive(channel: &Channel, exchange: &str, routing_key: &str) -> Result<ShortString, lapin::Error> {
     let exclusive = QueueDeclareOptions {
         exclusive: true,
         auto_delete: true,
@@ -28,15 +45,5 @@ pub async fn tap(channel: &Channel, exchange: &str, routing_key: &str, no_ack: b
             FieldTable::default(),
         )
         .await?;
-    channel
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
+    Ok(queue.name().clone())
 }

@@ -29,7 +29,7 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use lapin::{Channel, Connection, types::FieldTable};
+use lapin::{Channel, Connection, options::QueueDeclareOptions, types::FieldTable};
 use tokio::{process::Child, task::JoinHandle, time::Instant};
 
 use crate::{
@@ -76,6 +76,9 @@ pub enum BenchError {
         source: std::io::Error,
     },
 }
+
+/// How often [`Lab::observe_queued`] reads its queues' depth.
+const DEPTH_POLL: Duration = Duration::from_millis(5);
 
 /// A unique name prefix for one scenario run, under the operator's own prefix.
 pub fn unique_prefix(base: &str, family: &str) -> String {
@@ -136,6 +139,42 @@ impl Lab {
         let created = self.count(&self.topology.crm_exchange, EVENT_ROUTING_KEY).await?;
         let dead = self.count(&self.topology.dead_letter_exchange, "").await?;
         Ok(Outcomes { created, dead })
+    }
+
+    /// Like [`Lab::observe`], but the observer queues are only bound, never consumed: each count
+    /// is the queue's depth, read every [`DEPTH_POLL`]. The broker then routes and stores every
+    /// message but delivers none, as in the ceiling loop (whose sink queue nobody consumes), and
+    /// this process spends nothing per message.
+    pub async fn observe_queued(&self) -> Result<Outcomes, BenchError> {
+        let created = self.depth(&self.topology.crm_exchange, EVENT_ROUTING_KEY).await?;
+        let dead = self.depth(&self.topology.dead_letter_exchange, "").await?;
+        Ok(Outcomes { created, dead })
+    }
+
+    async fn depth(&self, exchange: &str, routing_key: &str) -> Result<Counter, BenchError> {
+        let channel = self.connection.create_channel().await?;
+        let name = crate::amqp::tap::bind_exclusive(&channel, exchange, routing_key).await?;
+        let count = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn({
+            let count = Arc::clone(&count);
+            async move {
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                };
+                loop {
+                    tokio::time::sleep(DEPTH_POLL).await;
+                    match channel
+                        .queue_declare(name.clone(), passive, FieldTable::default())
+                        .await
+                    {
+                        Ok(queue) => count.store(u64::from(queue.message_count()), Ordering::Relaxed),
+                        Err(_) => break,
+                    }
+                }
+            }
+        });
+        Ok(Counter { count, task })
     }
 
     async fn count(&self, exchange: &str, routing_key: &str) -> Result<Counter, BenchError> {

@@ -452,7 +452,7 @@ async fn throughput(options: &PerfOptions) -> Result<f64, BenchError> {
     let sim = spawn_sim(config.clone()).await?;
     let prefix = unique_prefix(&options.name_prefix, "throughput");
     let lab = Lab::open(&options.amqp_url, &prefix).await?;
-    let outcomes = lab.observe().await?;
+    let outcomes = lab.observe_queued().await?;
     lab.enqueue(options.backlog).await?;
     let started = Instant::now();
     let mut workers = Workers::spawn(&spec(options, &sim, &config, &prefix, options.prefetch), 1).await?;
@@ -475,7 +475,7 @@ async fn scaling(options: &PerfOptions, concurrency: u16) -> Result<f64, BenchEr
     let sim = spawn_sim(config.clone()).await?;
     let prefix = unique_prefix(&options.name_prefix, "scaling");
     let lab = Lab::open(&options.amqp_url, &prefix).await?;
-    let outcomes = lab.observe().await?;
+    let outcomes = lab.observe_queued().await?;
     // Enough work for warm-up, the measured window and a margin, at Little's rate.
     let little = f64::from(concurrency) / latency.as_secs_f64();
     let backlog = (little * (options.scaling_secs + 2.0)).ceil() as usize + usize::from(concurrency);
@@ -597,7 +597,7 @@ async fn memory(options: &PerfOptions) -> Result<f64, BenchError> {
     let sim = spawn_sim(config.clone()).await?;
     let prefix = unique_prefix(&options.name_prefix, "memory");
     let lab = Lab::open(&options.amqp_url, &prefix).await?;
-    let outcomes = lab.observe().await?;
+    let outcomes = lab.observe_queued().await?;
     lab.enqueue(options.memory_backlog).await?;
     let mut workers = Workers::spawn(&spec(options, &sim, &config, &prefix, options.memory_concurrency), 1).await?;
     let pids = workers.pids();
