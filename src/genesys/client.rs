@@ -22,7 +22,9 @@ use tracing::{Instrument, field};
 use super::auth::{AccessToken, TokenProvider};
 use super::circuit::{Circuit, CircuitSettings};
 use super::config::{GenesysConfig, GenesysConfigError, SessionApiKind};
-use super::error::{CreateError, GenesysErrorBody, StatusClass, classify_status, correlation_id, retry_after};
+use super::error::{
+    CORRELATION_ID, CreateError, GenesysErrorBody, StatusClass, classify_status, correlation_id, retry_after,
+};
 use super::pacer::Pacer;
 use super::retry::{AttemptError, Failure, RetryPolicy};
 use super::{guest_chat, open_messaging};
@@ -349,8 +351,18 @@ impl GenesysClient {
             };
             let status = response.status().as_u16();
             tracing::Span::current().record("http.response.status_code", status);
-            let headers = response.headers().clone();
-            slot.record(status, &headers);
+            slot.record(status, response.headers());
+            // Only a failed attempt reads its headers again (Retry-After, the correlation id);
+            // a created session is not worth a copy of them.
+            let headers = if classify_status(status) == StatusClass::Created {
+                let mut kept = reqwest::header::HeaderMap::new();
+                if let Some(id) = response.headers().get(CORRELATION_ID) {
+                    kept.insert(CORRELATION_ID, id.clone());
+                }
+                kept
+            } else {
+                response.headers().clone()
+            };
             if server_failing(status) {
                 pass.failed();
             } else {

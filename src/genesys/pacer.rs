@@ -209,6 +209,19 @@ impl Pacer {
 
     /// Waits for a slot. Cancel-safe: a dropped caller leaves the line and takes nothing.
     pub async fn acquire(&self) -> Slot<'_> {
+        // Fast path: nobody waits in line and the budget allows a call now (a busy, healthy
+        // worker's every call); no queueing on the line, no waiter registration.
+        let now = Instant::now();
+        if let Ok(_head) = self.line.try_lock()
+            && let Decision::Go(seq) = self.try_take(now)
+        {
+            return Slot {
+                pacer: self,
+                seq,
+                sent: now,
+                settled: false,
+            };
+        }
         let _head = self.line.lock().await;
         loop {
             // Registered before reading the state, so a response landing in between still wakes us.

@@ -27,7 +27,8 @@ use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde::{Serialize, ser::SerializeMap};
+use serde_json::Value;
 use std::sync::Arc;
 
 const ID_TYPES: [&str; 3] = ["Email", "Phone", "Opaque"];
@@ -74,25 +75,70 @@ fn receive(
         state.counters.session_created();
     }
 
-    let mut channel = channel.clone();
-    channel.insert("id".into(), json!(integration_id));
-    channel.insert("platform".into(), json!("Open"));
-    channel.insert("type".into(), json!("Private"));
-    channel.insert("to".into(), json!({ "id": integration_id }));
-    let mut answer = Object::new();
-    answer.insert("id".into(), json!(stored.id));
-    answer.insert("channel".into(), Value::Object(channel));
-    answer.insert("type".into(), json!("Text"));
-    for echoed in ["text", "content", "metadata"] {
-        if let Some(v) = message.get(echoed) {
-            answer.insert(echoed.into(), v.clone());
+    // Serialised straight from the request's own values: no copy of the message is built.
+    let answer = Answer {
+        id: &stored.id,
+        channel: AnswerChannel {
+            received: channel,
+            integration_id,
+        },
+        kind: "Text",
+        text: message.get("text"),
+        content: message.get("content"),
+        metadata: message.get("metadata"),
+        direction: "Inbound",
+        conversation_id: prefetch.then_some(stored.conversation_id.as_str()),
+    };
+    Ok((StatusCode::ACCEPTED, axum::Json(answer)).into_response())
+}
+
+/// The `OpenMessageNormalizedMessage` answered for an accepted message.
+#[derive(Serialize)]
+struct Answer<'a> {
+    id: &'a str,
+    channel: AnswerChannel<'a>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<&'a Value>,
+    direction: &'static str,
+    #[serde(rename = "conversationId", skip_serializing_if = "Option::is_none")]
+    conversation_id: Option<&'a str>,
+}
+
+/// The request's `channel` with what the platform fills in: `id`, `platform`, `type`, `to`.
+struct AnswerChannel<'a> {
+    received: &'a Object,
+    integration_id: &'a str,
+}
+
+impl Serialize for AnswerChannel<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        const FILLED: [&str; 4] = ["id", "platform", "type", "to"];
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in self.received.iter().filter(|(k, _)| !FILLED.contains(&k.as_str())) {
+            map.serialize_entry(key, value)?;
         }
+        map.serialize_entry("id", self.integration_id)?;
+        map.serialize_entry("platform", "Open")?;
+        map.serialize_entry("type", "Private")?;
+        map.serialize_entry(
+            "to",
+            &To {
+                id: self.integration_id,
+            },
+        )?;
+        map.end()
     }
-    answer.insert("direction".into(), json!("Inbound"));
-    if prefetch {
-        answer.insert("conversationId".into(), json!(stored.conversation_id));
-    }
-    Ok((StatusCode::ACCEPTED, axum::Json(Value::Object(answer))).into_response())
+}
+
+#[derive(Serialize)]
+struct To<'a> {
+    id: &'a str,
 }
 
 /// The `prefetchConversationId` query parameter (absent = false).
@@ -154,6 +200,8 @@ fn validate(message: &Object) -> Result<&Object, ApiError> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
