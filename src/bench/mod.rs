@@ -11,9 +11,12 @@
 //! - [`write_section`]: one section per scenario family in `BENCHMARKS.md`, replaced in place on the
 //!   next run, so families (rate limits, throughput, …) coexist in one file.
 //!
+//! [`cpu`] says where a run's CPU went (this process, the workers, a local broker).
+//!
 //! Families: [`rate_limit`] (pacing under one shared quota, 429 storms) and [`perf`] (throughput
 //! against the bare-broker ceiling, latency scaling, added latency, memory).
 
+pub mod cpu;
 pub mod perf;
 pub mod rate_limit;
 

@@ -29,7 +29,7 @@ use lapin::{
 };
 use tokio::time::Instant;
 
-use super::{BenchError, Lab, WorkerSpec, Workers, spawn_sim, unique_prefix};
+use super::{BenchError, Lab, WorkerSpec, Workers, cpu, spawn_sim, unique_prefix};
 use crate::{
     amqp::{Publisher, connect, request_message, topology::EVENT_ROUTING_KEY},
     sim::SimConfig,
@@ -121,6 +121,11 @@ pub struct PerfReport {
     pub offered_sent: usize,
     pub peak_rss_mib: f64,
     pub options_summary: String,
+    /// CPU per message of the ceiling loop: (this process, local broker), in µs.
+    pub ceiling_cpu: (Option<f64>, Option<f64>),
+    /// CPU per request of the throughput run: (worker, this process — simulator and observers —,
+    /// local broker), in µs.
+    pub throughput_cpu: (Option<f64>, Option<f64>, Option<f64>),
 }
 
 impl PerfReport {
@@ -178,45 +183,103 @@ impl PerfReport {
                 if met { "yes" } else { "**no**" }
             ));
         }
+        out.push_str(&self.cpu_paragraph());
         out.push_str(HOW_MEASURED);
         out.push_str(WHAT_WE_CHANGED);
         out
     }
 }
 
+impl PerfReport {
+    /// Where the CPU went in the ceiling and throughput runs (empty when nothing was measured).
+    fn cpu_paragraph(&self) -> String {
+        let us = |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.0} µs"));
+        let (worker, bench, broker) = self.throughput_cpu;
+        if worker.is_none() && bench.is_none() {
+            return String::new();
+        }
+        let budget = if self.throughput_per_sec > 0.0 {
+            format!(
+                "; at {:.0} req/s the machine's cores allow {:.0} µs per request in all",
+                self.throughput_per_sec,
+                cores() as f64 * 1e6 / self.throughput_per_sec
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "\nCPU per message, from `/proc` (the broker's when it runs on this machine): the ceiling loop \
+             spends {} in this process and {} in the broker; the worker's throughput run spends {} in the \
+             worker, {} in this process (the simulator and the observers) and {} in the broker{budget}.\n",
+            us(self.ceiling_cpu.0),
+            us(self.ceiling_cpu.1),
+            us(worker),
+            us(bench),
+            us(broker),
+        )
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
 const HOW_MEASURED: &str = "
 How it is measured: every scenario declares fresh, prefixed queues and runs the worker as a separate
 process (`run`, logs at `warn`, no OTLP exporter) against the in-process Genesys simulator, all on the
-same 2-core machine as the broker, so the worker, the broker, the simulator and the observers share
-the CPU. *Ceiling*: a bare lapin loop (one task publishes, one task per confirm acks) moving the
-same backlog between two quorum queues at the same prefetch; the worker does more broker work per
-request (a quorum consume, a publish to the CRM exchange, a publish to the quorum audit queue, an
-ack) plus an HTTP call, so its ratio to the ceiling is bounded well below 1. *Throughput*: backlog
-published first, clock from the worker's start to the last `session.created` event. *Latency
+same machine as the broker, so the worker, the broker, the simulator and the observers share the
+cores. *Ceiling*: a bare lapin loop (one task publishes, one task per confirm acks) moving the same
+backlog between two quorum queues at the same prefetch. *Throughput*: backlog published first, clock
+from the worker's start until the last `session.created` event is in a queue bound to the CRM
+exchange (its depth is read every 5 ms; like the ceiling's sink, nobody consumes it). *Latency
 scaling*: steady-state rate after the first round trips. *Added latency*: per request, event
-received − request published − the simulator's latency. *Memory*: the worker's `VmHWM`.
+received by a consumer − request published − the simulator's latency. *Memory*: the worker's
+`VmHWM`. Figures move by ±15 % from run to run on this shared 2-core machine (all processes slow
+down together), so compare the ratio of one run, not absolute rates across runs.
 ";
 
 const WHAT_WE_CHANGED: &str = "
-What we changed and why (from `perf record` profiles of the worker under the throughput scenario):
+What we changed and why (from `perf record` profiles and `valgrind --tool=callgrind` instruction
+counts of the worker under the throughput scenario):
 
-1. **mimalloc as the global allocator.** glibc's `malloc`/`free` (with `malloc_consolidate` and
-   `unlink_chunk`) took about 14 % of the worker's CPU: every message allocates and frees many small
-   buffers on different threads. Throughput went from about 3,200 to about 5,800 req/s; peak RSS
-   rose from 38 to about 60 MiB, still under the 64 MiB target.
-2. **No OpenTelemetry layer without an exporter.** With no `OTEL_EXPORTER_OTLP_ENDPOINT`, the layer
-   still built and ended seven spans per request for nothing (about 10 % of CPU). It is now only
-   installed when an exporter is configured; without it the worker passes the upstream
-   `traceparent`/`tracestate` through unchanged, so traces stay connected.
-3. **The Genesys call's future is boxed.** The retrying HTTP call is the largest state machine in
-   the pipeline; moving it inline with every spawned handler showed up as about 10 % of CPU in
-   `memmove`. Boxing it gained about 10 % throughput.
-4. **The simulator's latency is exact on average** (measured from arrival, compensating tokio's
-   millisecond timer rounding) and it sets `TCP_NODELAY`; before, each simulated call was on
-   average 0.5 ms longer than configured, which the added-latency figure charged to the worker.
-5. Kept on purpose although they cost throughput: the event is confirmed before the audit record and
+1. **mimalloc as the global allocator.** glibc's `malloc`/`free` took about 14 % of the worker's
+   CPU: every message allocates and frees many small buffers on different threads.
+2. **No OpenTelemetry layer without an exporter** (it built and ended seven spans per request for
+   nothing, about 10 % of CPU); the upstream `traceparent`/`tracestate` is passed through instead.
+3. **The log filter keeps its level hint.** The filter that hides lapin's returned-message bodies
+   had no level hint, which made the global maximum level TRACE: every disabled span was still
+   checked and lapin formatted a TRACE marker string for every promise. 15 % of the worker's
+   instructions.
+4. **Publishes are started, not awaited, by the lane task.** lapin's `basic_publish` waits until
+   the I/O thread has written the frames, so a lane publishing one message after another paid an
+   I/O-thread round trip and a socket write per message. Each lane task now starts everything
+   queued since its last turn (each start only numbers the message and queues its frames) and the
+   callers wait for their writes and confirms themselves: about six requests' publishes leave in
+   one write. Batches matter to the broker: publishing to a quorum queue in batches of 4 cost it
+   162 µs per message, in batches of 64 68 µs (measured alone on this machine).
+5. **Acks are coalesced** into `multiple` acks by one settler per consumer channel (a finished
+   delivery waits at most 2 ms for the ones before it), instead of one frame per request.
+6. **Handler futures are boxed before spawning.** tokio moves a task's whole future several times
+   (spawn, completion, join); with the pipeline's 12 KB state machine that was a third of the
+   worker's instructions in `memcpy`.
+7. **Less work per request:** the body is parsed once (the in-flight duplicate key comes from the
+   validated request), the audit HMAC key is absorbed once, uuids come from a thread-local RNG
+   (two `getrandom` syscalls fewer), the pacer has a fast path without queueing when a call may go
+   at once, a created session keeps one response header instead of a copy of all, and the
+   simulator answers from the request's own values.
+8. **The bench observes events by queue depth** instead of consuming them, as the ceiling's sink.
+9. Kept on purpose although they cost throughput: the event is confirmed before the audit record and
    reply are published (one audit record per final outcome even when the event is unroutable), and
    every request waits for its own confirms before its ack.
+
+Why the throughput ratio stays below 0.45 on this machine: the CPU line above. Per request the
+broker does about twice the ceiling's work (the event through the CRM topic exchange and the audit
+record into a quorum queue, each confirmed; publishing alone through a topic exchange costs it about
+30 µs more per message than the ceiling's default exchange), and the HTTP round trip to the
+simulator costs about 75 µs in the worker and 45 µs in the simulator (a build that skips the
+Genesys call, measured once for this analysis, moved about 5,700 req/s, about 0.45 × the ceilings
+measured at the time). With every party on the same two cores, 0.45 × a 14,500 msg/s ceiling is
+6,500 req/s: about 300 µs of CPU per request for the worker, the simulator and the broker together.
 ";
 
 /// Runs every scenario in turn, reporting progress through `progress`.
@@ -238,13 +301,27 @@ pub async fn run(options: &PerfOptions, progress: &(dyn Fn(&str) + Sync)) -> Res
     let wanted = |scenario: Scenario| options.only.is_none_or(|only| only == scenario);
     if wanted(Scenario::Ceiling) {
         progress("ceiling: bare consume → publish(confirm) → ack");
-        report.ceiling_per_sec = ceiling(options).await?;
-        progress(&format!("  {:.0} msg/s", report.ceiling_per_sec));
+        (report.ceiling_per_sec, report.ceiling_cpu) = ceiling(options).await?;
+        let (own, broker) = report.ceiling_cpu;
+        progress(&format!(
+            "  {:.0} msg/s (CPU µs per message: loop {}, broker {})",
+            report.ceiling_per_sec,
+            own.map_or_else(|| "n/a".to_string(), |v| format!("{v:.0}")),
+            broker.map_or_else(|| "n/a".to_string(), |v| format!("{v:.0}"))
+        ));
     }
     if wanted(Scenario::Throughput) {
         progress("throughput: worker end to end, simulator at 0 ms");
-        report.throughput_per_sec = throughput(options).await?;
-        progress(&format!("  {:.0} req/s", report.throughput_per_sec));
+        (report.throughput_per_sec, report.throughput_cpu) = throughput(options).await?;
+        let us = |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.0}"));
+        let (worker, bench, broker) = report.throughput_cpu;
+        progress(&format!(
+            "  {:.0} req/s (CPU µs per request: worker {}, simulator and observers {}, broker {})",
+            report.throughput_per_sec,
+            us(worker),
+            us(bench),
+            us(broker)
+        ));
     }
     let scaling_levels = if wanted(Scenario::Scaling) {
         options.scaling_concurrency.as_slice()
@@ -292,7 +369,7 @@ fn payload(i: usize) -> Vec<u8> {
     serde_json::to_vec(&crate::cli::sample::valid(i)).unwrap_or_default()
 }
 
-async fn ceiling(options: &PerfOptions) -> Result<f64, BenchError> {
+async fn ceiling(options: &PerfOptions) -> Result<(f64, (Option<f64>, Option<f64>)), BenchError> {
     let prefix = unique_prefix(&options.name_prefix, "ceiling");
     let connection = connect(&options.amqp_url, "guest-session-worker bench ceiling").await?;
     let admin = connection.create_channel().await?;
@@ -349,6 +426,8 @@ async fn ceiling(options: &PerfOptions) -> Result<f64, BenchError> {
         )
         .await?;
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let broker = cpu::local_broker_pid();
+    let cpu_before = cpu::Snapshot::now(broker);
     let started = Instant::now();
     // One task publishes (lapin's confirms are only reliable that way); each confirm is awaited,
     // and its delivery acked, by a task of its own, so confirms are pipelined.
@@ -388,13 +467,14 @@ async fn ceiling(options: &PerfOptions) -> Result<f64, BenchError> {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let rate = options.backlog as f64 / started.elapsed().as_secs_f64();
+    let cpu_used = cpu::Snapshot::now(broker).per_unit_since(&cpu_before, options.backlog);
     for queue in [&source, &sink] {
         let _ = admin
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await;
     }
     let _ = connection.close(200, "bench done".into()).await;
-    Ok(rate)
+    Ok((rate, cpu_used))
 }
 
 /// The simulator with an effectively unlimited quota: these scenarios measure the worker, not pacing.
@@ -447,13 +527,15 @@ async fn wait_for(
     }
 }
 
-async fn throughput(options: &PerfOptions) -> Result<f64, BenchError> {
+async fn throughput(options: &PerfOptions) -> Result<(f64, (Option<f64>, Option<f64>, Option<f64>)), BenchError> {
     let config = unthrottled_sim(0);
     let sim = spawn_sim(config.clone()).await?;
     let prefix = unique_prefix(&options.name_prefix, "throughput");
     let lab = Lab::open(&options.amqp_url, &prefix).await?;
     let outcomes = lab.observe_queued().await?;
     lab.enqueue(options.backlog).await?;
+    let broker = cpu::local_broker_pid();
+    let cpu_before = cpu::Snapshot::now(broker);
     let started = Instant::now();
     let mut workers = Workers::spawn(&spec(options, &sim, &config, &prefix, options.prefetch), 1).await?;
     let finished = wait_for(
@@ -463,10 +545,19 @@ async fn throughput(options: &PerfOptions) -> Result<f64, BenchError> {
         Duration::from_secs(30),
     )
     .await;
+    // Read before the workers are stopped: a process's CPU time goes with it.
+    let worker_cpu = workers
+        .pids()
+        .iter()
+        .map(|pid| cpu::process_cpu(*pid))
+        .sum::<Option<Duration>>()
+        .map(|d| d.as_secs_f64() * 1e6 / options.backlog as f64);
+    let (own_cpu, broker_cpu) = cpu::Snapshot::now(broker).per_unit_since(&cpu_before, options.backlog);
     workers.stop().await;
     lab.close().await;
     sim.shutdown().await;
-    Ok(options.backlog as f64 / (finished? - started).as_secs_f64())
+    let rate = options.backlog as f64 / (finished? - started).as_secs_f64();
+    Ok((rate, (worker_cpu, own_cpu, broker_cpu)))
 }
 
 async fn scaling(options: &PerfOptions, concurrency: u16) -> Result<f64, BenchError> {
