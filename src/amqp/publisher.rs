@@ -142,14 +142,18 @@ impl Publisher {
 /// The lane task: the only caller of `basic_publish` on `channel`.
 async fn drive_lane(channel: Channel, mut jobs: mpsc::UnboundedReceiver<Job>) {
     let mut batch = Vec::new();
+    let mut busy = false;
     while let Some(first) = jobs.recv().await {
-        // Let the requests that are ready to publish right now queue their messages too, so they
-        // all leave together.
-        tokio::task::yield_now().await;
+        // Under load, let the requests that are ready to publish right now queue their messages
+        // too, so they all leave together; a lone publish goes at once.
+        if busy {
+            tokio::task::yield_now().await;
+        }
         batch.push(first);
         while let Ok(job) = jobs.try_recv() {
             batch.push(job);
         }
+        busy = batch.len() > 1;
         for Job { messages, reply } in batch.drain(..) {
             let started = messages.into_iter().map(|message| start(&channel, message)).collect();
             // The caller may have given up (shutdown); its publishes go out regardless.
