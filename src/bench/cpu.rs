@@ -36,6 +36,24 @@ pub fn local_broker_pid() -> Option<u32> {
     })
 }
 
+/// Waits (at most `timeout`) until the local broker has been nearly idle for half a second: a
+/// scenario's teardown (deleting queues that hold thousands of messages, compacting logs) must not
+/// be billed to the next scenario. Returns at once when no broker runs here.
+pub async fn broker_settled(broker: Option<u32>, timeout: Duration) {
+    const WINDOW: Duration = Duration::from_millis(500);
+    const IDLE_SHARE: f64 = 0.05;
+    let Some(pid) = broker else { return };
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        let Some(before) = process_cpu(pid) else { return };
+        tokio::time::sleep(WINDOW).await;
+        let Some(after) = process_cpu(pid) else { return };
+        if after.saturating_sub(before).as_secs_f64() <= IDLE_SHARE * WINDOW.as_secs_f64() {
+            return;
+        }
+    }
+}
+
 /// CPU time of this process and of the local broker at one instant.
 #[derive(Debug, Clone, Copy)]
 pub struct Snapshot {

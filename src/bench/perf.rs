@@ -59,6 +59,8 @@ pub struct PerfOptions {
     pub memory_concurrency: u16,
     /// Run only this scenario (profiling); `None` runs them all.
     pub only: Option<Scenario>,
+    /// The longest wait for a local broker to go quiet before each scenario.
+    pub settle_timeout: Duration,
 }
 
 /// The scenarios of `bench perf`.
@@ -88,6 +90,7 @@ impl PerfOptions {
             memory_backlog: 10_000,
             memory_concurrency: 256,
             only: None,
+            settle_timeout: Duration::from_secs(15),
         }
     }
 
@@ -103,6 +106,8 @@ impl PerfOptions {
             offered_latency_ms: 10,
             memory_backlog: 300,
             memory_concurrency: 32,
+            // CI runs the smoke beside other tests: the broker is never quiet there.
+            settle_timeout: Duration::ZERO,
             ..Self::standard(amqp_url)
         }
     }
@@ -225,8 +230,9 @@ fn cores() -> usize {
 }
 
 const HOW_MEASURED: &str = "
-How it is measured: every scenario declares fresh, prefixed queues and runs the worker as a separate
-process (`run`, logs at `warn`, no OTLP exporter) against the in-process Genesys simulator, all on the
+How it is measured: every scenario declares fresh, prefixed queues, starts once a local broker has
+been nearly idle for half a second (the last scenario's teardown is not billed to the next), and runs
+the worker as a separate process (`run`, logs at `warn`, no OTLP exporter) against the in-process Genesys simulator, all on the
 same machine as the broker, so the worker, the broker, the simulator and the observers share the
 cores. *Ceiling*: a bare lapin loop (one task publishes, one task per confirm acks) moving the same
 backlog between two quorum queues at the same prefetch. *Throughput*: backlog published first, clock
@@ -299,6 +305,9 @@ pub async fn run(options: &PerfOptions, progress: &(dyn Fn(&str) + Sync)) -> Res
         ..Default::default()
     };
     let wanted = |scenario: Scenario| options.only.is_none_or(|only| only == scenario);
+    // Each scenario starts on a quiet broker (see `cpu::broker_settled`).
+    let broker = cpu::local_broker_pid();
+    cpu::broker_settled(broker, options.settle_timeout).await;
     if wanted(Scenario::Ceiling) {
         progress("ceiling: bare consume → publish(confirm) → ack");
         (report.ceiling_per_sec, report.ceiling_cpu) = ceiling(options).await?;
@@ -311,6 +320,7 @@ pub async fn run(options: &PerfOptions, progress: &(dyn Fn(&str) + Sync)) -> Res
         ));
     }
     if wanted(Scenario::Throughput) {
+        cpu::broker_settled(broker, options.settle_timeout).await;
         progress("throughput: worker end to end, simulator at 0 ms");
         (report.throughput_per_sec, report.throughput_cpu) = throughput(options).await?;
         let us = |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.0}"));
@@ -329,6 +339,7 @@ pub async fn run(options: &PerfOptions, progress: &(dyn Fn(&str) + Sync)) -> Res
         &[]
     };
     for &concurrency in scaling_levels {
+        cpu::broker_settled(broker, options.settle_timeout).await;
         progress(&format!(
             "latency scaling: concurrency {concurrency}, simulator at {} ms",
             options.scaling_latency_ms
@@ -340,6 +351,7 @@ pub async fn run(options: &PerfOptions, progress: &(dyn Fn(&str) + Sync)) -> Res
     }
 
     if wanted(Scenario::Latency) {
+        cpu::broker_settled(broker, options.settle_timeout).await;
         progress(&format!(
             "added latency: {} req/s offered, simulator at {} ms",
             options.offered_rate, options.offered_latency_ms
@@ -354,6 +366,7 @@ pub async fn run(options: &PerfOptions, progress: &(dyn Fn(&str) + Sync)) -> Res
         progress(&format!("  p50 {p50:.2} ms, p99 {p99:.2} ms"));
     }
     if wanted(Scenario::Memory) {
+        cpu::broker_settled(broker, options.settle_timeout).await;
         progress(&format!(
             "memory: {} queued, {} in flight",
             options.memory_backlog, options.memory_concurrency
