@@ -1,7 +1,7 @@
 //! Fuzzes what the worker does with an untrusted message body before anything else: the strict
-//! decode + validate (`request::validate`, DESIGN §2) and the in-flight duplicate key read by the
-//! consumer. Neither may panic, overflow the stack or hang, whatever the bytes; an accepted request
-//! must obey the contract's limits.
+//! decode + validate (`request::validate`, DESIGN §2) and the in-flight duplicate key the consumer
+//! derives from a valid request. Neither may panic, overflow the stack or hang, whatever the bytes;
+//! an accepted request must obey the contract's limits.
 
 #![no_main]
 
@@ -22,14 +22,13 @@ fuzz_target!(|body: &[u8]| {
                 "accepted request_id {id:?}"
             );
             assert!(request.consent().data_processing, "accepted a request without consent");
-            // A valid body always has a key for duplicate suppression, and it is the same id.
-            let key = RequestKey::of(body).expect("a valid request has a duplicate key");
+            // The key for duplicate suppression is built from the validated request.
+            let key = RequestKey::new(id, body);
             assert_eq!(key.request_id(), id);
         }
         Err(rejection) => {
             // The reason is one of the contract's; its label is what lands in `x-error-kind`.
             assert!(!rejection.reason.as_str().is_empty());
-            let _ = RequestKey::of(body);
         }
     }
 });
