@@ -54,6 +54,27 @@ pub async fn broker_settled(broker: Option<u32>, timeout: Duration) {
     }
 }
 
+/// `cpu` spread over `units` (messages, requests), in microseconds.
+pub fn per_unit(cpu: Duration, units: usize) -> f64 {
+    cpu.as_secs_f64() * 1e6 / units.max(1) as f64
+}
+
+/// CPU per message or request of one run, by party, in microseconds (`None`: not measured).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Share {
+    /// The worker processes (none in the ceiling loop).
+    pub worker: Option<f64>,
+    /// This process: the ceiling loop, or the simulator and the observers.
+    pub own: Option<f64>,
+    /// The local broker.
+    pub broker: Option<f64>,
+}
+
+/// A measured figure in µs, or `n/a`.
+pub fn micros(value: Option<f64>) -> String {
+    value.map_or_else(|| "n/a".to_string(), |v| format!("{v:.0} µs"))
+}
+
 /// CPU time of this process and of the local broker at one instant.
 #[derive(Debug, Clone, Copy)]
 pub struct Snapshot {
@@ -69,18 +90,23 @@ impl Snapshot {
         }
     }
 
-    /// This process's and the broker's CPU since `earlier`, in microseconds per one of `units`.
-    pub fn per_unit_since(&self, earlier: &Snapshot, units: usize) -> (Option<f64>, Option<f64>) {
-        let per = |d: Duration| d.as_secs_f64() * 1e6 / units.max(1) as f64;
+    /// This process's and the broker's CPU since `earlier`, per one of `units` (no worker share).
+    pub fn share_since(&self, earlier: &Snapshot, units: usize) -> Share {
         let own = match (self.own, earlier.own) {
-            (Some(now), Some(then)) => Some(per(now.saturating_sub(then))),
+            (Some(now), Some(then)) => Some(per_unit(now.saturating_sub(then), units)),
             _ => None,
         };
         let broker = match (self.broker, earlier.broker) {
-            (Some((pid, now)), Some((then_pid, then))) if pid == then_pid => Some(per(now.saturating_sub(then))),
+            (Some((pid, now)), Some((then_pid, then))) if pid == then_pid => {
+                Some(per_unit(now.saturating_sub(then), units))
+            }
             _ => None,
         };
-        (own, broker)
+        Share {
+            worker: None,
+            own,
+            broker,
+        }
     }
 }
 

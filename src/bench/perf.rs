@@ -126,11 +126,10 @@ pub struct PerfReport {
     pub offered_sent: usize,
     pub peak_rss_mib: f64,
     pub options_summary: String,
-    /// CPU per message of the ceiling loop: (this process, local broker), in µs.
-    pub ceiling_cpu: (Option<f64>, Option<f64>),
-    /// CPU per request of the throughput run: (worker, this process — simulator and observers —,
-    /// local broker), in µs.
-    pub throughput_cpu: (Option<f64>, Option<f64>, Option<f64>),
+    /// CPU per message of the ceiling loop.
+    pub ceiling_cpu: cpu::Share,
+    /// CPU per request of the throughput run.
+    pub throughput_cpu: cpu::Share,
 }
 
 impl PerfReport {
@@ -193,14 +192,11 @@ impl PerfReport {
         out.push_str(WHAT_WE_CHANGED);
         out
     }
-}
 
-impl PerfReport {
     /// Where the CPU went in the ceiling and throughput runs (empty when nothing was measured).
     fn cpu_paragraph(&self) -> String {
-        let us = |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.0} µs"));
-        let (worker, bench, broker) = self.throughput_cpu;
-        if worker.is_none() && bench.is_none() {
+        let thr = self.throughput_cpu;
+        if thr.worker.is_none() && thr.own.is_none() {
             return String::new();
         }
         let budget = if self.throughput_per_sec > 0.0 {
@@ -216,11 +212,11 @@ impl PerfReport {
             "\nCPU per message, from `/proc` (the broker's when it runs on this machine): the ceiling loop \
              spends {} in this process and {} in the broker; the worker's throughput run spends {} in the \
              worker, {} in this process (the simulator and the observers) and {} in the broker{budget}.\n",
-            us(self.ceiling_cpu.0),
-            us(self.ceiling_cpu.1),
-            us(worker),
-            us(bench),
-            us(broker),
+            cpu::micros(self.ceiling_cpu.own),
+            cpu::micros(self.ceiling_cpu.broker),
+            cpu::micros(thr.worker),
+            cpu::micros(thr.own),
+            cpu::micros(thr.broker),
         )
     }
 }
@@ -311,26 +307,24 @@ pub async fn run(options: &PerfOptions, progress: &(dyn Fn(&str) + Sync)) -> Res
     if wanted(Scenario::Ceiling) {
         progress("ceiling: bare consume → publish(confirm) → ack");
         (report.ceiling_per_sec, report.ceiling_cpu) = ceiling(options).await?;
-        let (own, broker) = report.ceiling_cpu;
         progress(&format!(
-            "  {:.0} msg/s (CPU µs per message: loop {}, broker {})",
+            "  {:.0} msg/s (CPU per message: loop {}, broker {})",
             report.ceiling_per_sec,
-            own.map_or_else(|| "n/a".to_string(), |v| format!("{v:.0}")),
-            broker.map_or_else(|| "n/a".to_string(), |v| format!("{v:.0}"))
+            cpu::micros(report.ceiling_cpu.own),
+            cpu::micros(report.ceiling_cpu.broker)
         ));
     }
     if wanted(Scenario::Throughput) {
         cpu::broker_settled(broker, options.settle_timeout).await;
         progress("throughput: worker end to end, simulator at 0 ms");
         (report.throughput_per_sec, report.throughput_cpu) = throughput(options).await?;
-        let us = |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.0}"));
-        let (worker, bench, broker) = report.throughput_cpu;
+        let share = report.throughput_cpu;
         progress(&format!(
-            "  {:.0} req/s (CPU µs per request: worker {}, simulator and observers {}, broker {})",
+            "  {:.0} req/s (CPU per request: worker {}, simulator and observers {}, broker {})",
             report.throughput_per_sec,
-            us(worker),
-            us(bench),
-            us(broker)
+            cpu::micros(share.worker),
+            cpu::micros(share.own),
+            cpu::micros(share.broker)
         ));
     }
     let scaling_levels = if wanted(Scenario::Scaling) {
@@ -382,7 +376,7 @@ fn payload(i: usize) -> Vec<u8> {
     serde_json::to_vec(&crate::cli::sample::valid(i)).unwrap_or_default()
 }
 
-async fn ceiling(options: &PerfOptions) -> Result<(f64, (Option<f64>, Option<f64>)), BenchError> {
+async fn ceiling(options: &PerfOptions) -> Result<(f64, cpu::Share), BenchError> {
     let prefix = unique_prefix(&options.name_prefix, "ceiling");
     let connection = connect(&options.amqp_url, "guest-session-worker bench ceiling").await?;
     let admin = connection.create_channel().await?;
@@ -480,7 +474,7 @@ async fn ceiling(options: &PerfOptions) -> Result<(f64, (Option<f64>, Option<f64
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let rate = options.backlog as f64 / started.elapsed().as_secs_f64();
-    let cpu_used = cpu::Snapshot::now(broker).per_unit_since(&cpu_before, options.backlog);
+    let cpu_used = cpu::Snapshot::now(broker).share_since(&cpu_before, options.backlog);
     for queue in [&source, &sink] {
         let _ = admin
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
@@ -540,7 +534,7 @@ async fn wait_for(
     }
 }
 
-async fn throughput(options: &PerfOptions) -> Result<(f64, (Option<f64>, Option<f64>, Option<f64>)), BenchError> {
+async fn throughput(options: &PerfOptions) -> Result<(f64, cpu::Share), BenchError> {
     let config = unthrottled_sim(0);
     let sim = spawn_sim(config.clone()).await?;
     let prefix = unique_prefix(&options.name_prefix, "throughput");
@@ -564,13 +558,16 @@ async fn throughput(options: &PerfOptions) -> Result<(f64, (Option<f64>, Option<
         .iter()
         .map(|pid| cpu::process_cpu(*pid))
         .sum::<Option<Duration>>()
-        .map(|d| d.as_secs_f64() * 1e6 / options.backlog as f64);
-    let (own_cpu, broker_cpu) = cpu::Snapshot::now(broker).per_unit_since(&cpu_before, options.backlog);
+        .map(|d| cpu::per_unit(d, options.backlog));
+    let share = cpu::Share {
+        worker: worker_cpu,
+        ..cpu::Snapshot::now(broker).share_since(&cpu_before, options.backlog)
+    };
     workers.stop().await;
     lab.close().await;
     sim.shutdown().await;
     let rate = options.backlog as f64 / (finished? - started).as_secs_f64();
-    Ok((rate, (worker_cpu, own_cpu, broker_cpu)))
+    Ok((rate, share))
 }
 
 async fn scaling(options: &PerfOptions, concurrency: u16) -> Result<f64, BenchError> {

@@ -22,9 +22,7 @@ use tracing::{Instrument, field};
 use super::auth::{AccessToken, TokenProvider};
 use super::circuit::{Circuit, CircuitSettings};
 use super::config::{GenesysConfig, GenesysConfigError, SessionApiKind};
-use super::error::{
-    CORRELATION_ID, CreateError, GenesysErrorBody, StatusClass, classify_status, correlation_id, retry_after,
-};
+use super::error::{CreateError, GenesysErrorBody, StatusClass, classify_status, correlation_id, retry_after};
 use super::pacer::Pacer;
 use super::retry::{AttemptError, Failure, RetryPolicy};
 use super::{guest_chat, open_messaging};
@@ -352,17 +350,9 @@ impl GenesysClient {
             let status = response.status().as_u16();
             tracing::Span::current().record("http.response.status_code", status);
             slot.record(status, response.headers());
-            // Only a failed attempt reads its headers again (Retry-After, the correlation id);
-            // a created session is not worth a copy of them.
-            let headers = if classify_status(status) == StatusClass::Created {
-                let mut kept = reqwest::header::HeaderMap::new();
-                if let Some(id) = response.headers().get(CORRELATION_ID) {
-                    kept.insert(CORRELATION_ID, id.clone());
-                }
-                kept
-            } else {
-                response.headers().clone()
-            };
+            // What the headers say is read before the body consumes the response, instead of
+            // keeping a copy of them all.
+            let hints = ResponseHints::of(response.headers());
             if server_failing(status) {
                 pass.failed();
             } else {
@@ -378,7 +368,7 @@ impl GenesysClient {
                 )
             })?;
             tracing::debug!(status, attempt = index, "genesys answered");
-            self.interpret(call, token.as_ref(), status, &headers, &body, index + 1)
+            self.interpret(call, token.as_ref(), status, hints, &body, index + 1)
                 .await
         }
         .instrument(span.clone())
@@ -397,7 +387,7 @@ impl GenesysClient {
         call: &Call<'_>,
         token: Option<&AccessToken>,
         status: u16,
-        headers: &reqwest::header::HeaderMap,
+        hints: ResponseHints,
         body: &[u8],
         attempts: u32,
     ) -> Result<CreatedSession, AttemptError> {
@@ -427,7 +417,7 @@ impl GenesysClient {
             return created.map_err(|problem| {
                 tracing::warn!(
                     status,
-                    context_id = correlation_id(headers),
+                    context_id = hints.correlation_id.as_deref(),
                     "genesys {problem}; retrying"
                 );
                 AttemptError::transient(Some(status), format!("HTTP {status}: {problem}"))
@@ -435,7 +425,7 @@ impl GenesysClient {
         }
 
         let error = GenesysErrorBody::parse(body);
-        let context_id = error.context_id.clone().or_else(|| correlation_id(headers));
+        let context_id = error.context_id.clone().or(hints.correlation_id);
         let code_suffix = error.code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default();
         let failure = match class {
             StatusClass::Unauthorized => match (token, &self.inner.tokens) {
@@ -472,8 +462,23 @@ impl GenesysClient {
             code: error.code,
             message,
             context_id,
-            retry_after: retry_after(headers),
+            retry_after: hints.retry_after,
         })
+    }
+}
+
+/// What an attempt needs from the response headers once the body is read.
+struct ResponseHints {
+    correlation_id: Option<String>,
+    retry_after: Option<Duration>,
+}
+
+impl ResponseHints {
+    fn of(headers: &reqwest::header::HeaderMap) -> Self {
+        Self {
+            correlation_id: correlation_id(headers),
+            retry_after: retry_after(headers),
+        }
     }
 }
 

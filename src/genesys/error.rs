@@ -110,12 +110,9 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// The correlation id Genesys puts on every response, used when the body carries no `contextId`.
-/// The header carrying Genesys's id for the request (what support asks for).
-pub(crate) const CORRELATION_ID: &str = "inin-correlation-id";
-
 pub(crate) fn correlation_id(headers: &HeaderMap) -> Option<String> {
     headers
-        .get(CORRELATION_ID)
+        .get("inin-correlation-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .filter(|s| !s.is_empty())

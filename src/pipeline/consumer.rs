@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use lapin::{
     Channel, Connection,
     message::Delivery,
-    options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
 };
 use tokio::{
@@ -28,7 +28,7 @@ use super::{
     Disposition, PipelineContext,
     inflight::{Claim, InFlightRequests, RequestKey},
     process::{process_rejected, process_valid},
-    settler::Settler,
+    settler::{Settler, requeue},
 };
 use crate::{health::Readiness, request::validate, telemetry::propagation};
 
@@ -256,13 +256,6 @@ async fn drain(in_flight: &mut JoinSet<()>, settler: &Settler, deadline: Instant
         }
         Ok(_) => {}
         Err(_) => tracing::warn!("settling the last deliveries timed out; the broker will redeliver them"),
-    }
-}
-
-fn requeue() -> BasicNackOptions {
-    BasicNackOptions {
-        requeue: true,
-        multiple: false,
     }
 }
 

@@ -43,7 +43,7 @@ pub async fn process_rejected(
     started: Instant,
 ) -> Disposition {
     let outcome = reject(ctx, delivery, rejection, started).await;
-    settle(ctx, outcome, started)
+    disposition(ctx, outcome, started)
 }
 
 /// Creates the session of a valid request and publishes what follows from it.
@@ -55,10 +55,10 @@ pub async fn process_valid(
     received_at: chrono::DateTime<Utc>,
 ) -> Disposition {
     let outcome = create(ctx, delivery, request, started, received_at).await;
-    settle(ctx, outcome, started)
+    disposition(ctx, outcome, started)
 }
 
-fn settle(
+fn disposition(
     ctx: &PipelineContext,
     outcome_and_publish: (Outcome, Result<(), PublishError>),
     started: Instant,

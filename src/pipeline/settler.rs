@@ -144,12 +144,16 @@ async fn ack(channel: &Channel, tag: u64, multiple: bool) {
     }
 }
 
-async fn nack(channel: &Channel, tag: u64) {
-    let options = BasicNackOptions {
+/// A nack of one delivery that returns it to the queue.
+pub fn requeue() -> BasicNackOptions {
+    BasicNackOptions {
         requeue: true,
         multiple: false,
-    };
-    if let Err(error) = channel.basic_nack(tag, options).await {
+    }
+}
+
+async fn nack(channel: &Channel, tag: u64) {
+    if let Err(error) = channel.basic_nack(tag, requeue()).await {
         tracing::warn!(%error, delivery_tag = tag, "requeueing failed; the broker will redeliver");
     }
 }
