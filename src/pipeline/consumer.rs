@@ -63,6 +63,17 @@ const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long to wait for deliveries the broker sent before it confirmed the consumer's cancel.
 const BUFFERED_WAIT: Duration = Duration::from_millis(200);
 
+/// The consumer's prefetch for `concurrency` requests in flight: an eighth more (at least one), so
+/// that when a request finishes, the next delivery is already here instead of one ack → delivery
+/// round trip away (with a slot idle meanwhile: about 3 ms per request at 200 ms Genesys latency,
+/// 0.93 instead of 0.95 of Little's law at 256 in flight). Still bounded: at most that many
+/// deliveries wait unacknowledged in our memory while another replica could take them, and a
+/// crash leaves no more than the prefetch for redelivery.
+pub fn prefetch_for(concurrency: usize) -> u16 {
+    let concurrency = concurrency.max(1);
+    u16::try_from(concurrency + concurrency.div_ceil(8)).unwrap_or(u16::MAX)
+}
+
 /// Consumes until `cancel` fires or the session is lost.
 pub async fn consume(
     connection: &Connection,
@@ -72,10 +83,7 @@ pub async fn consume(
     readiness: &Readiness,
 ) -> Result<SessionEnd, lapin::Error> {
     let channel = connection.create_channel().await?;
-    // Prefetch equals the in-flight bound: the broker never hands us more than we will work on,
-    // so nothing waits unacknowledged in our memory while another replica could take it. It is
-    // also the most requests a crash of this process can leave half done.
-    let prefetch = u16::try_from(settings.concurrency).unwrap_or(u16::MAX);
+    let prefetch = prefetch_for(settings.concurrency);
     channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
     let mut consumer = channel
         .basic_consume(
@@ -357,4 +365,18 @@ fn consume_span(ctx: &PipelineContext, delivery: &Delivery, parent: opentelemetr
     // Without an OpenTelemetry layer there is nothing to link; that is not an error.
     let _ = span.set_parent(parent);
     span
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefetch_for;
+
+    #[test]
+    fn prefetch_leaves_an_eighth_of_headroom_and_stays_bounded() {
+        assert_eq!(prefetch_for(1), 2);
+        assert_eq!(prefetch_for(64), 72);
+        assert_eq!(prefetch_for(256), 288);
+        assert_eq!(prefetch_for(0), 2);
+        assert_eq!(prefetch_for(usize::MAX / 2), u16::MAX);
+    }
 }

@@ -53,8 +53,9 @@ async fn every_request_ends_with_an_outcome_across_three_kill_9s() {
         &missing[..missing.len().min(10)]
     );
 
-    // At-least-once: only requests in flight at a kill (at most the prefetch, = CONCURRENCY, per
-    // kill) may have been processed twice, and a duplicate is recognisable.
+    // At-least-once: only requests in flight at a kill (at most CONCURRENCY per kill; deliveries
+    // prefetched beyond it were never started) may have been processed twice, and a duplicate is
+    // recognisable.
     let bound = CONCURRENCY * KILLS;
     let duplicated = outcomes.duplicated();
     let stats = world.sim.stats();
