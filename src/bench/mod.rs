@@ -17,6 +17,7 @@
 //! against the bare-broker ceiling, latency scaling, added latency, memory).
 
 pub mod cpu;
+pub mod floor;
 pub mod perf;
 pub mod rate_limit;
 
@@ -72,6 +73,8 @@ pub enum BenchError {
     SimControl(#[source] reqwest::Error),
     #[error("timed out: {0}")]
     Timeout(String),
+    #[error("the floor loop failed: {0}")]
+    Floor(String),
     #[error("cannot write {path}")]
     Write {
         path: PathBuf,

@@ -56,6 +56,7 @@ async fn perf_smoke_run_exits_zero_and_writes_its_table() {
     for row in [
         "## Performance",
         "throughput ≥ 0.45 × ceiling",
+        "the contract's floor",
         "Little's law",
         "p99 added latency",
         "peak RSS",

@@ -1,0 +1,229 @@
+//! The *floor* of `bench perf`: the least any implementation of the contract must make the broker,
+//! the HTTP stack and the simulator do per request, measured on the same machine as the worker.
+//!
+//! A bare loop in this process, with no validation, retries, pacing, tracing, metrics or audit
+//! pseudonym: consume a request (same queue, prefetch and backlog as the throughput scenario),
+//! POST one Open Messaging inbound message to the simulator, publish the `session.created` event
+//! (CRM topic exchange, mandatory, confirmed), then publish an audit record (confirmed), then ack —
+//! the broker work and the HTTP round trip the contract asks of every request, and nothing else.
+//! Its rate against the ceiling's is the most a worker's ratio could be on this machine.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
+    types::FieldTable,
+};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::{BenchError, Lab, cpu, spawn_sim, unique_prefix};
+use crate::{
+    amqp::{Outgoing, Publisher, connect, topology::EVENT_ROUTING_KEY},
+    sim::{RunningSim, SimConfig},
+};
+
+/// Everything one request of the loop needs.
+struct Target {
+    http: reqwest::Client,
+    url: reqwest::Url,
+    token: String,
+    publisher: Publisher,
+    crm_exchange: String,
+    audit_exchange: String,
+}
+
+/// Moves `backlog` requests through the bare loop with `prefetch` in flight; returns req/s and the
+/// CPU per request (this process holds the loop and the simulator).
+pub async fn floor(
+    amqp_url: &str,
+    name_prefix: &str,
+    backlog: usize,
+    prefetch: u16,
+    sim_config: SimConfig,
+) -> Result<(f64, cpu::Share), BenchError> {
+    let sim = spawn_sim(sim_config.clone()).await?;
+    let prefix = unique_prefix(name_prefix, "floor");
+    let lab = Lab::open(amqp_url, &prefix).await?;
+    let outcomes = lab.observe_queued().await?;
+    lab.enqueue(backlog).await?;
+    let result = async {
+        let connection = connect(amqp_url, "guest-session-worker bench floor").await?;
+        let channel = connection.create_channel().await?;
+        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        let target = Arc::new(Target {
+            token: token(&sim, &sim_config).await?,
+            http: reqwest::Client::new(),
+            url: crate::genesys::open_messaging::url(&sim.base_url(), &sim_config.integration_id)
+                .map_err(BenchError::Floor)?,
+            publisher: Publisher::open(&connection, 2).await?,
+            crm_exchange: lab.topology.crm_exchange.clone(),
+            audit_exchange: lab.topology.audit_exchange.clone(),
+        });
+        let mut consumer = channel
+            .basic_consume(
+                lab.topology.request_queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let failed = Arc::new(Failures::default());
+        let broker = cpu::local_broker_pid();
+        let cpu_before = cpu::Snapshot::now(broker);
+        let started = Instant::now();
+        for consumed in 0..backlog {
+            failed.check()?;
+            let Some(Ok(delivery)) = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+                .await
+                .ok()
+                .flatten()
+            else {
+                return Err(BenchError::Timeout(format!(
+                    "the floor loop stalled after {} deliveries, {} events",
+                    consumed,
+                    outcomes.created.get()
+                )));
+            };
+            let (target, failed) = (Arc::clone(&target), Arc::clone(&failed));
+            tokio::spawn(async move {
+                let handled = match handle(&target, &delivery.data).await {
+                    Ok(()) => delivery
+                        .acker
+                        .ack(BasicAckOptions::default())
+                        .await
+                        .map_err(BenchError::from),
+                    Err(error) => Err(error),
+                };
+                if let Err(error) = handled {
+                    failed.record(error);
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while outcomes.created.get() < backlog as u64 {
+            failed.check()?;
+            if Instant::now() > deadline {
+                return Err(BenchError::Timeout(format!(
+                    "the floor loop created {} of {backlog} sessions",
+                    outcomes.created.get()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let rate = backlog as f64 / started.elapsed().as_secs_f64();
+        let share = cpu::Snapshot::now(broker).share_since(&cpu_before, backlog);
+        let _ = connection.close(200, "bench done".into()).await;
+        Ok((rate, share))
+    }
+    .await;
+    lab.close().await;
+    sim.shutdown().await;
+    result
+}
+
+/// The first failure of any request; the loop stops on it (a stuck request would stall it).
+#[derive(Default)]
+struct Failures(Mutex<Option<BenchError>>);
+
+impl Failures {
+    fn record(&self, error: BenchError) {
+        if let Ok(mut first) = self.0.lock() {
+            first.get_or_insert(error);
+        }
+    }
+
+    fn check(&self) -> Result<(), BenchError> {
+        match self.0.lock().ok().and_then(|mut first| first.take()) {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One request: the Genesys call, then the event, then the audit record, each confirmed.
+async fn handle(target: &Target, body: &[u8]) -> Result<(), BenchError> {
+    let request: Value = serde_json::from_slice(body).map_err(|e| BenchError::Floor(e.to_string()))?;
+    let (request_id, guest_id) = (&request["request_id"], &request["guest_id"]);
+    // Open Messaging custom attributes are strings.
+    let attributes: serde_json::Map<String, Value> = request["attributes"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(key, value)| {
+            let text = value.as_str().map_or_else(|| value.to_string(), str::to_string);
+            (key.clone(), Value::String(text))
+        })
+        .collect();
+    let inbound = json!({
+        "channel": {
+            "messageId": request_id,
+            "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "from": { "id": guest_id, "idType": "Opaque", "nickname": request["display_name"] },
+            "metadata": { "customAttributes": attributes },
+        },
+        "text": request["initial_message"],
+    });
+    let response = target
+        .http
+        .post(target.url.clone())
+        .bearer_auth(&target.token)
+        .json(&inbound)
+        .send()
+        .await
+        .map_err(|e| BenchError::Floor(e.to_string()))?;
+    let status = response.status();
+    let created: Value = response.json().await.map_err(|e| BenchError::Floor(e.to_string()))?;
+    if !status.is_success() {
+        return Err(BenchError::Floor(format!("the simulator answered {status}")));
+    }
+    let event = json!({
+        "event_type": "session.created",
+        "request_id": request_id,
+        "guest_id": guest_id,
+        "session": { "conversation_id": created["conversationId"], "message_id": created["id"] },
+    });
+    target
+        .publisher
+        .publish(message(&target.crm_exchange, EVENT_ROUTING_KEY, &event, true))
+        .await?;
+    let audit = json!({ "request_id": request_id, "outcome": "created" });
+    target
+        .publisher
+        .publish(message(&target.audit_exchange, "", &audit, false))
+        .await?;
+    Ok(())
+}
+
+fn message(exchange: &str, routing_key: &str, body: &Value, mandatory: bool) -> Outgoing {
+    Outgoing {
+        exchange: exchange.to_string(),
+        routing_key: routing_key.to_string(),
+        payload: serde_json::to_vec(body).unwrap_or_default(),
+        properties: BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into()),
+        mandatory,
+    }
+}
+
+/// A client-credentials token from the simulator's login endpoint.
+async fn token(sim: &RunningSim, config: &SimConfig) -> Result<String, BenchError> {
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/oauth/token", sim.base_url()))
+        .basic_auth(&config.client_id, Some(&config.client_secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .map_err(|e| BenchError::Floor(e.to_string()))?
+        .json()
+        .await
+        .map_err(|e| BenchError::Floor(e.to_string()))?;
+    answer["access_token"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| BenchError::Floor("the simulator issued no token".into()))
+}
