@@ -82,6 +82,8 @@ pub async fn floor(
                 .ok()
                 .flatten()
             else {
+                // A failed request holds its delivery unacked, which can be what stalled the loop.
+                failed.check()?;
                 return Err(BenchError::Timeout(format!(
                     "the floor loop stalled after {} deliveries, {} events",
                     consumed,
