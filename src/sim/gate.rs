@@ -7,7 +7,6 @@ use super::state::SimState;
 use super::tokens::TokenError;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use std::time::Duration;
 use std::time::Instant;
 use uuid::Uuid;
 
@@ -67,11 +66,8 @@ pub async fn api_call(
     state.counters.status(response.status());
     let latency = state.faults.latency(state.config.latency_ms);
     if !latency.is_zero() {
-        // The latency runs from arrival. tokio's timers fire on the next millisecond tick after
-        // their deadline (half a millisecond late on average), so aim half a millisecond early:
-        // the simulated latency is then right on average rather than always long.
-        let early = Duration::from_micros(500).min(latency / 2);
-        tokio::time::sleep_until(arrived + latency - early).await;
+        // The latency runs from arrival, held precisely (tokio's timers end up to 1 ms late).
+        super::precise_delay::sleep_until(arrived + latency).await;
     }
     response
 }

@@ -53,6 +53,7 @@ mod error_body;
 mod faults;
 mod gate;
 mod messages;
+mod precise_delay;
 mod quota;
 mod routes;
 mod state;
