@@ -363,8 +363,8 @@ counts of the worker under the throughput scenario):
    simulator answers from the request's own values.
 8. **Prefetch headroom:** the consumer's prefetch is the concurrency plus an eighth, so when a
    request finishes the next delivery is already here rather than one ack → delivery round trip
-   away while its slot idles: at 256 in flight and 200 ms, 0.93 → 0.95–0.96 of Little's law. Only
-   requests in flight are ever processed, so a crash still redoes at most `WORKER_CONCURRENCY`.
+   away while its slot idles: at 256 in flight and 200 ms, 0.93 → 0.95–0.96 of Little's law. The
+   price: a crash may redo an eighth more requests (at most the prefetch, as before).
 9. **The bench observes events by queue depth** instead of consuming them, as the ceiling's sink,
    runs the ceiling, the worker and the floor in interleaved rounds, reporting the median (the
    machine's speed drifts by ±15 % within minutes), and the simulator holds its latency with a

@@ -66,9 +66,9 @@ const BUFFERED_WAIT: Duration = Duration::from_millis(200);
 /// The consumer's prefetch for `concurrency` requests in flight: an eighth more (at least one), so
 /// that when a request finishes, the next delivery is already here instead of one ack → delivery
 /// round trip away (with a slot idle meanwhile: about 3 ms per request at 200 ms Genesys latency,
-/// 0.93 instead of 0.95 of Little's law at 256 in flight). Still bounded: at most that many
-/// deliveries wait unacknowledged in our memory while another replica could take them, and a
-/// crash leaves no more than the prefetch for redelivery.
+/// 0.93 instead of 0.95 of Little's law at 256 in flight). Still bounded: at most an eighth of
+/// the concurrency waits here unstarted while another replica could take it, and a crash redoes
+/// at most the prefetch (requests in flight and finished ones whose coalesced ack had not left).
 pub fn prefetch_for(concurrency: usize) -> u16 {
     let concurrency = concurrency.max(1);
     u16::try_from(concurrency + concurrency.div_ceil(8)).unwrap_or(u16::MAX)

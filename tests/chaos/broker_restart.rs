@@ -101,10 +101,10 @@ async fn broker_restart_and_heartbeat_loss_during_load_lose_nothing_and_consumin
     assert_eq!(outcomes.dead_letter_count(), 0, "dead letters: {:?}", outcomes.dead);
     let conflicting = outcomes.conflicting_conversations();
     assert!(conflicting.is_empty(), "{conflicting:?}");
-    // Redone: at most what was in flight (CONCURRENCY, not the prefetch's headroom) in each of the
-    // two lost sessions.
+    // Redone: at most what was unacked (the prefetch) in each of the two lost sessions.
     let duplicated = outcomes.duplicated();
-    assert!(duplicated.len() <= 2 * CONCURRENCY, "{duplicated:?}");
+    let prefetch = usize::from(guest_session_worker::pipeline::consumer::prefetch_for(CONCURRENCY));
+    assert!(duplicated.len() <= 2 * prefetch, "{duplicated:?}");
     world.cleanup().await;
     drop(node);
 }

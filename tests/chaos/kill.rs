@@ -53,10 +53,11 @@ async fn every_request_ends_with_an_outcome_across_three_kill_9s() {
         &missing[..missing.len().min(10)]
     );
 
-    // At-least-once: only requests in flight at a kill (at most CONCURRENCY per kill; deliveries
-    // prefetched beyond it were never started) may have been processed twice, and a duplicate is
-    // recognisable.
-    let bound = CONCURRENCY * KILLS;
+    // At-least-once: only requests unacked at a kill (at most the prefetch per kill: the ones in
+    // flight and the finished ones whose coalesced ack had not left yet) may have been processed
+    // twice, and a duplicate is recognisable.
+    let prefetch = usize::from(guest_session_worker::pipeline::consumer::prefetch_for(CONCURRENCY));
+    let bound = prefetch * KILLS;
     let duplicated = outcomes.duplicated();
     let stats = world.sim.stats();
     eprintln!(
