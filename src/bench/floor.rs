@@ -1,11 +1,12 @@
 //! The *floor* of `bench perf`: the least any implementation of the contract must make the broker,
 //! the HTTP stack and the simulator do per request, measured on the same machine as the worker.
 //!
-//! A bare loop in this process, with no validation, retries, pacing, tracing, metrics or audit
-//! pseudonym: consume a request (same queue, prefetch and backlog as the throughput scenario),
+//! A bare loop in this process, with no validation, retries, pacing, tracing or metrics: consume a request (same queue, prefetch and backlog as the throughput scenario),
 //! POST one Open Messaging inbound message to the simulator, publish the `session.created` event
 //! (CRM topic exchange, mandatory, confirmed), then publish an audit record (confirmed), then ack —
 //! the broker work and the HTTP round trip the contract asks of every request, and nothing else.
+//! The event and the audit record carry the contract's fields and properties (the pseudonym is a
+//! real HMAC), so the broker stores and routes what it would for the worker.
 //! Its rate against the ceiling's is the most a worker's ratio could be on this machine.
 
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,7 @@ use tokio::time::Instant;
 use super::{BenchError, Lab, cpu, spawn_sim, unique_prefix};
 use crate::{
     amqp::{Outgoing, Publisher, connect, topology::EVENT_ROUTING_KEY},
+    audit::Pseudonymizer,
     sim::{RunningSim, SimConfig},
 };
 
@@ -34,6 +36,7 @@ struct Target {
     publisher: Publisher,
     crm_exchange: String,
     audit_exchange: String,
+    pseudonymizer: Pseudonymizer,
 }
 
 /// Moves `backlog` requests through the bare loop with `prefetch` in flight; returns req/s and the
@@ -62,6 +65,7 @@ pub async fn floor(
             publisher: Publisher::open(&connection, 2).await?,
             crm_exchange: lab.topology.crm_exchange.clone(),
             audit_exchange: lab.topology.audit_exchange.clone(),
+            pseudonymizer: Pseudonymizer::new(uuid::Uuid::new_v4().to_string().into()),
         });
         let mut consumer = channel
             .basic_consume(
@@ -182,32 +186,94 @@ async fn handle(target: &Target, body: &[u8]) -> Result<(), BenchError> {
     if !status.is_success() {
         return Err(BenchError::Floor(format!("the simulator answered {status}")));
     }
+    // The contract's messages (DESIGN §4, §5), field for field, so the broker stores and routes
+    // what it would for the worker.
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let event_id = uuid::Uuid::new_v4().to_string();
     let event = json!({
+        "event_id": event_id,
         "event_type": "session.created",
+        "occurred_at": now,
         "request_id": request_id,
         "guest_id": guest_id,
-        "session": { "conversation_id": created["conversationId"], "message_id": created["id"] },
+        "session": {
+            "api": "open_messaging",
+            "conversation_id": created["conversationId"],
+            "message_id": created["id"],
+        },
+        "routing": request["routing"],
+        "attributes": request["attributes"],
+        "consent": {
+            "data_processing": request["consent"]["data_processing"],
+            "marketing": request["consent"]["marketing"],
+            "recorded_at": now,
+        },
+        "latency_ms": 0,
+        "attempts": 1,
     });
     target
         .publisher
-        .publish(message(&target.crm_exchange, EVENT_ROUTING_KEY, &event, true))
+        .publish(message(
+            &target.crm_exchange,
+            EVENT_ROUTING_KEY,
+            &event,
+            &event_id,
+            request_id,
+            true,
+        ))
         .await?;
-    let audit = json!({ "request_id": request_id, "outcome": "created" });
+    let audit = json!({
+        "timestamp": now,
+        "request_id": request_id,
+        "guest_ref": target.pseudonymizer.guest_ref(guest_id.as_str().unwrap_or_default()),
+        "outcome": "created",
+        "reason": null,
+        "latency_ms": 0,
+        "attempts": 1,
+        "routing_success": true,
+        "validation_passed": true,
+        "consent_data_processing": request["consent"]["data_processing"],
+        "consent_marketing": request["consent"]["marketing"],
+        "pii_blocked": false,
+        "privacy_compliant": true,
+        "trace_id": null,
+    });
+    let audit_id = uuid::Uuid::new_v4().to_string();
     target
         .publisher
-        .publish(message(&target.audit_exchange, "", &audit, false))
+        .publish(message(
+            &target.audit_exchange,
+            "",
+            &audit,
+            &audit_id,
+            request_id,
+            false,
+        ))
         .await?;
     Ok(())
 }
 
-fn message(exchange: &str, routing_key: &str, body: &Value, mandatory: bool) -> Outgoing {
+fn message(
+    exchange: &str,
+    routing_key: &str,
+    body: &Value,
+    message_id: &str,
+    request_id: &Value,
+    mandatory: bool,
+) -> Outgoing {
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_timestamp(chrono::Utc::now().timestamp() as u64)
+        .with_message_id(message_id.into());
+    if let Some(id) = request_id.as_str() {
+        properties = properties.with_correlation_id(id.into());
+    }
     Outgoing {
         exchange: exchange.to_string(),
         routing_key: routing_key.to_string(),
         payload: serde_json::to_vec(body).unwrap_or_default(),
-        properties: BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into()),
+        properties,
         mandatory,
     }
 }

@@ -259,7 +259,7 @@ impl PerfReport {
         if self.floor_per_sec > 0.0 {
             out.push_str(&format!(
                 "\nReference, not a target — the contract's floor (a bare loop in the bench process: consume, one \
-                 HTTP call to the simulator, event and audit record each confirmed, ack; no validation, retries, \
+                 HTTP call to the simulator, event and audit record of the contract's shape each confirmed, ack; no validation, retries, \
                  pacing, tracing or metrics) moves {:.2} × the ceiling (median over the rounds; {:.0} req/s in \
                  the median round), and the worker {:.2} × the floor of its own round (median). CPU per request \
                  of the floor in the median round: {} in this process (loop and simulator), {} in the broker.\n",
@@ -377,15 +377,15 @@ counts of the worker under the throughput scenario):
 
 Why the throughput ratio is where it is on this machine: the *floor* line above. A bare loop that
 does only what the contract requires of every request — the broker work (a quorum consume and ack,
-the event through the CRM topic exchange and an audit record into a quorum queue, each confirmed)
-and one HTTP round trip to the simulator — with none of the worker's validation, retries, pacing,
-metrics or audit pseudonym, reaches only about 0.45 × the ceiling here, because every party shares the
-same two cores: per request the broker does about twice the ceiling's work (publishing through a
-topic exchange alone costs it about 30 µs more per message than the ceiling's default exchange),
-and the HTTP round trip costs the client and the simulator about as much CPU again as the
-ceiling's whole loop. The worker's own work is what separates its rate from the floor's. Where the
-broker and Genesys do not share the worker's cores, the worker's CPU per request (the line above)
-is what limits a replica.
+the event through the CRM topic exchange and an audit record into a quorum queue, both with the
+contract's fields and properties, each confirmed) and one HTTP round trip to the simulator — with
+none of the worker's validation, retries, pacing or metrics, reaches only about 0.35–0.45 × the
+ceiling here, because every party shares the same two cores: per request the broker does about
+twice the ceiling's work (publishing through a topic exchange alone costs it about 30 µs more per
+message than the ceiling's default exchange), and the HTTP round trip costs the client and the
+simulator about as much CPU again as the ceiling's whole loop. The worker moves about as much as
+that floor. Where the broker and Genesys do not share the worker's cores, the worker's CPU per
+request (the line above) is what limits a replica.
 ";
 
 /// Runs every scenario in turn, reporting progress through `progress`.
