@@ -99,6 +99,45 @@ pub struct World {
     channel: Channel,
     publisher: Publisher,
     logs: PathBuf,
+    leftovers: Leftovers,
+}
+
+/// Deletes a world's queues and exchanges when a test ends (a failed assertion) before
+/// [`World::cleanup`], so that a failing chaos test leaves nothing on the shared broker either.
+struct Leftovers {
+    url: String,
+    topology: Topology,
+    events_queue: String,
+    armed: bool,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (url, topology, queue) = (self.url.clone(), self.topology.clone(), self.events_queue.clone());
+        // The panicking test may be inside its runtime: clean up on a thread with a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            runtime.block_on(async {
+                let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                    let connection = connect(&url, "chaos-cleanup").await.ok()?;
+                    let channel = connection.create_channel().await.ok()?;
+                    let _ = channel
+                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                    let _ = topology.delete(&channel).await;
+                    let _ = connection.close(200, "chaos cleanup".into()).await;
+                    Some(())
+                })
+                .await;
+            });
+        });
+        let _ = cleanup.join();
+    }
 }
 
 impl World {
@@ -140,7 +179,14 @@ impl World {
         let publisher = Publisher::open(&connection, 1).await.expect("publisher");
         let logs = std::env::temp_dir().join(format!("{prefix}logs"));
         std::fs::create_dir_all(&logs).expect("log dir");
+        let leftovers = Leftovers {
+            url: url.to_string(),
+            topology: topology.clone(),
+            events_queue: events_queue.clone(),
+            armed: true,
+        };
         Self {
+            leftovers,
             url: url.to_string(),
             prefix,
             topology,
@@ -366,7 +412,8 @@ impl World {
     }
 
     /// Deletes what the test declared and stops the simulator.
-    pub async fn cleanup(self) {
+    pub async fn cleanup(mut self) {
+        self.leftovers.armed = false;
         let _ = self
             .channel
             .queue_delete(self.events_queue.as_str().into(), QueueDeleteOptions::default())
