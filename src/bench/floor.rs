@@ -1,8 +1,8 @@
 //! The *floor* of `bench perf`: the least any implementation of the contract must make the broker,
 //! the HTTP stack and the simulator do per request, measured on the same machine as the worker.
 //!
-//! A bare loop in this process, with no validation, retries, pacing, tracing or metrics: consume a request (same queue, prefetch and backlog as the throughput scenario),
-//! POST one Open Messaging inbound message to the simulator, publish the `session.created` event
+//! A bare loop in this process, with no validation, retries, pacing, tracing or metrics: consume a
+//! request (same queue, prefetch and backlog as the throughput scenario), POST one Open Messaging inbound message to the simulator, publish the `session.created` event
 //! (CRM topic exchange, mandatory, confirmed), then publish an audit record (confirmed), then ack —
 //! the broker work and the HTTP round trip the contract asks of every request, and nothing else.
 //! The event and the audit record carry the contract's fields and properties (the pseudonym is a
@@ -14,25 +14,27 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::{
-    BasicProperties,
     options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
 };
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::{BenchError, Lab, cpu, spawn_sim, unique_prefix};
 use crate::{
     amqp::{Outgoing, Publisher, connect, topology::EVENT_ROUTING_KEY},
-    audit::Pseudonymizer,
-    sim::{RunningSim, SimConfig},
+    audit::{AuditOutcome, AuditRecord, Pseudonymizer},
+    genesys::auth::{AccessToken, TokenProvider},
+    pipeline::json_properties,
+    sim::SimConfig,
 };
 
 /// Everything one request of the loop needs.
 struct Target {
     http: reqwest::Client,
     url: reqwest::Url,
-    token: String,
+    token: AccessToken,
     publisher: Publisher,
     crm_exchange: String,
     audit_exchange: String,
@@ -58,7 +60,15 @@ pub async fn floor(
         let channel = connection.create_channel().await?;
         channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
         let target = Arc::new(Target {
-            token: token(&sim, &sim_config).await?,
+            token: TokenProvider::new(
+                reqwest::Client::new(),
+                &sim.base_url(),
+                sim_config.client_id.clone(),
+                sim_config.client_secret.clone().into(),
+            )
+            .token()
+            .await
+            .map_err(|e| BenchError::Floor(e.to_string()))?,
             http: reqwest::Client::new(),
             url: crate::genesys::open_messaging::url(&sim.base_url(), &sim_config.integration_id)
                 .map_err(BenchError::Floor)?,
@@ -176,7 +186,7 @@ async fn handle(target: &Target, body: &[u8]) -> Result<(), BenchError> {
     let response = target
         .http
         .post(target.url.clone())
-        .bearer_auth(&target.token)
+        .bearer_auth(target.token.secret().expose_secret())
         .json(&inbound)
         .send()
         .await
@@ -217,36 +227,35 @@ async fn handle(target: &Target, body: &[u8]) -> Result<(), BenchError> {
             &target.crm_exchange,
             EVENT_ROUTING_KEY,
             &event,
-            &event_id,
-            request_id,
+            event_id,
+            request_id.as_str(),
             true,
         ))
         .await?;
-    let audit = json!({
-        "timestamp": now,
-        "request_id": request_id,
-        "guest_ref": target.pseudonymizer.guest_ref(guest_id.as_str().unwrap_or_default()),
-        "outcome": "created",
-        "reason": null,
-        "latency_ms": 0,
-        "attempts": 1,
-        "routing_success": true,
-        "validation_passed": true,
-        "consent_data_processing": request["consent"]["data_processing"],
-        "consent_marketing": request["consent"]["marketing"],
-        "pii_blocked": false,
-        "privacy_compliant": true,
-        "trace_id": null,
-    });
-    let audit_id = uuid::Uuid::new_v4().to_string();
+    let audit = AuditRecord {
+        timestamp: now,
+        request_id: request_id.as_str().map(str::to_string),
+        guest_ref: guest_id.as_str().map(|g| target.pseudonymizer.guest_ref(g)),
+        outcome: AuditOutcome::Created,
+        reason: None,
+        latency_ms: 0,
+        attempts: 1,
+        routing_success: true,
+        validation_passed: true,
+        consent_data_processing: request["consent"]["data_processing"].as_bool(),
+        consent_marketing: request["consent"]["marketing"].as_bool(),
+        pii_blocked: false,
+        privacy_compliant: true,
+        trace_id: None,
+    };
     target
         .publisher
         .publish(message(
             &target.audit_exchange,
             "",
             &audit,
-            &audit_id,
-            request_id,
+            uuid::Uuid::new_v4().to_string(),
+            request_id.as_str(),
             false,
         ))
         .await?;
@@ -256,42 +265,16 @@ async fn handle(target: &Target, body: &[u8]) -> Result<(), BenchError> {
 fn message(
     exchange: &str,
     routing_key: &str,
-    body: &Value,
-    message_id: &str,
-    request_id: &Value,
+    body: &impl serde::Serialize,
+    message_id: String,
+    request_id: Option<&str>,
     mandatory: bool,
 ) -> Outgoing {
-    let mut properties = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/json".into())
-        .with_timestamp(chrono::Utc::now().timestamp() as u64)
-        .with_message_id(message_id.into());
-    if let Some(id) = request_id.as_str() {
-        properties = properties.with_correlation_id(id.into());
-    }
     Outgoing {
         exchange: exchange.to_string(),
         routing_key: routing_key.to_string(),
         payload: serde_json::to_vec(body).unwrap_or_default(),
-        properties,
+        properties: json_properties(message_id, request_id),
         mandatory,
     }
-}
-
-/// A client-credentials token from the simulator's login endpoint.
-async fn token(sim: &RunningSim, config: &SimConfig) -> Result<String, BenchError> {
-    let answer: Value = reqwest::Client::new()
-        .post(format!("{}/oauth/token", sim.base_url()))
-        .basic_auth(&config.client_id, Some(&config.client_secret))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .map_err(|e| BenchError::Floor(e.to_string()))?
-        .json()
-        .await
-        .map_err(|e| BenchError::Floor(e.to_string()))?;
-    answer["access_token"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| BenchError::Floor("the simulator issued no token".into()))
 }

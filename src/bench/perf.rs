@@ -165,42 +165,29 @@ struct Round {
 
 impl Round {
     fn ratio(&self) -> f64 {
-        if self.ceiling > 0.0 {
-            self.throughput / self.ceiling
-        } else {
-            0.0
-        }
+        share(self.throughput, self.ceiling)
     }
 }
 
 impl PerfReport {
     pub fn throughput_ratio(&self) -> f64 {
-        self.of_ceiling(self.throughput_per_sec)
+        share(self.throughput_per_sec, self.ceiling_per_sec)
     }
 
     /// Keeps the round whose throughput ratio is the median (the lower middle for an even count).
     fn take_median_round(&mut self, mut rounds: Vec<Round>) {
         self.round_ratios = rounds.iter().map(Round::ratio).collect();
-        let floored: Vec<&Round> = rounds.iter().filter(|r| r.floor > 0.0 && r.ceiling > 0.0).collect();
-        self.floor_ratio = median(floored.iter().map(|r| r.floor / r.ceiling).collect());
-        self.worker_of_floor = median(floored.iter().map(|r| r.throughput / r.floor).collect());
+        let floored: Vec<&Round> = rounds.iter().filter(|r| r.floor > 0.0).collect();
+        self.floor_ratio = median(floored.iter().map(|r| share(r.floor, r.ceiling)).collect());
+        self.worker_of_floor = median(floored.iter().map(|r| share(r.throughput, r.floor)).collect());
         rounds.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
-        // The same "lower middle" as `median`.
-        if let Some(median) = rounds.get(rounds.len().saturating_sub(1) / 2) {
+        if let Some(median) = lower_middle(&rounds) {
             self.ceiling_per_sec = median.ceiling;
             self.ceiling_cpu = median.ceiling_cpu;
             self.throughput_per_sec = median.throughput;
             self.throughput_cpu = median.throughput_cpu;
             self.floor_per_sec = median.floor;
             self.floor_cpu = median.floor_cpu;
-        }
-    }
-
-    fn of_ceiling(&self, rate: f64) -> f64 {
-        if self.ceiling_per_sec > 0.0 {
-            rate / self.ceiling_per_sec
-        } else {
-            0.0
         }
     }
 
@@ -304,10 +291,20 @@ impl PerfReport {
     }
 }
 
+/// `part / whole`, or 0 when `whole` was not measured.
+fn share(part: f64, whole: f64) -> f64 {
+    if whole > 0.0 { part / whole } else { 0.0 }
+}
+
+/// The middle of a sorted slice (the lower middle of an even count).
+fn lower_middle<T>(sorted: &[T]) -> Option<&T> {
+    sorted.get(sorted.len().saturating_sub(1) / 2)
+}
+
 /// The median (the lower middle of an even count); 0 for none.
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
-    values.get(values.len().saturating_sub(1) / 2).copied().unwrap_or(0.0)
+    lower_middle(&values).copied().unwrap_or(0.0)
 }
 
 fn cores() -> usize {

@@ -21,5 +21,5 @@ pub mod settler;
 pub mod worker;
 
 pub use outcome::{Disposition, Outcome};
-pub use process::PipelineContext;
+pub use process::{PipelineContext, json_properties};
 pub use worker::{Worker, WorkerError, WorkerSettings};

@@ -349,7 +349,9 @@ fn audit_base(consent: Option<Consent>, started: Instant) -> AuditRecord {
     }
 }
 
-fn json_properties(message_id: String, correlation_id: Option<&str>) -> BasicProperties {
+/// Properties of a JSON message the worker publishes (DESIGN §4): persistent, `message_id`,
+/// `correlation_id` = the request id, and the current trace context in the headers.
+pub fn json_properties(message_id: String, correlation_id: Option<&str>) -> BasicProperties {
     let headers = propagation::current_headers();
     let mut properties = BasicProperties::default()
         .with_content_type("application/json".into())

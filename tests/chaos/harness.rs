@@ -111,6 +111,14 @@ struct Leftovers {
     armed: bool,
 }
 
+/// Deletes what [`World::start`] declared: the CRM observer queue and the worker's topology.
+async fn delete_declared(channel: &Channel, topology: &Topology, events_queue: &str) {
+    let _ = channel
+        .queue_delete(events_queue.into(), QueueDeleteOptions::default())
+        .await;
+    let _ = topology.delete(channel).await;
+}
+
 impl Drop for Leftovers {
     fn drop(&mut self) {
         if !self.armed {
@@ -126,10 +134,7 @@ impl Drop for Leftovers {
                 let _ = tokio::time::timeout(Duration::from_secs(10), async {
                     let connection = connect(&url, "chaos-cleanup").await.ok()?;
                     let channel = connection.create_channel().await.ok()?;
-                    let _ = channel
-                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                        .await;
-                    let _ = topology.delete(&channel).await;
+                    delete_declared(&channel, &topology, &queue).await;
                     let _ = connection.close(200, "chaos cleanup".into()).await;
                     Some(())
                 })
@@ -414,11 +419,7 @@ impl World {
     /// Deletes what the test declared and stops the simulator.
     pub async fn cleanup(mut self) {
         self.leftovers.armed = false;
-        let _ = self
-            .channel
-            .queue_delete(self.events_queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-        let _ = self.topology.delete(&self.channel).await;
+        delete_declared(&self.channel, &self.topology, &self.events_queue).await;
         let _ = self.connection.close(200, "chaos test done".into()).await;
         self.sim.shutdown().await;
         let _ = std::fs::remove_dir_all(&self.logs);
