@@ -18,6 +18,11 @@ use backon::{ExponentialBuilder, Retryable};
 use rand::Rng;
 use tokio::time::Instant;
 
+/// How late a tokio sleep may end: its timers tick every millisecond and fire on the tick after
+/// the deadline, and the woken task still has to be scheduled. A wait must end this much before
+/// the budget for the attempt after it to start within the budget.
+const TIMER_SLACK: Duration = Duration::from_millis(2);
+
 use super::error::CreateError;
 
 /// How an attempt failed.
@@ -113,7 +118,7 @@ impl RetryPolicy {
             (_, Some(retry_after)) => with_small_jitter(retry_after.min(self.max_retry_after)),
             (_, None) => full_jitter(exponential.unwrap_or(self.max_backoff)),
         };
-        (elapsed.saturating_add(delay) <= self.budget).then_some(delay)
+        (elapsed.saturating_add(delay).saturating_add(TIMER_SLACK) <= self.budget).then_some(delay)
     }
 
     /// Runs `op` until it succeeds, fails permanently, or the budget is spent. `attempts` is
