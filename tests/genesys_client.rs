@@ -26,7 +26,7 @@ async fn creates_an_open_messaging_session() {
     let created = client.create_session(&request("req-om-1")).await.expect("created");
     assert_eq!(created.api, SessionApiKind::OpenMessaging);
     assert_eq!(created.api.as_str(), "open_messaging");
-    assert!(!created.conversation_id.is_empty());
+    assert!(created.conversation_id.as_deref().is_some_and(|id| !id.is_empty()));
     assert!(created.message_id.is_some());
     assert!(created.guest_jwt.is_none());
     assert_eq!(created.attempts, 1);
@@ -391,7 +391,7 @@ async fn guest_chat_returns_a_jwt_without_oauth() {
     assert_eq!(client.session_api(), SessionApiKind::GuestChat);
     let created = client.create_session(&unique_request()).await.expect("created");
     assert_eq!(created.api.as_str(), "guest_chat");
-    assert!(!created.conversation_id.is_empty());
+    assert!(created.conversation_id.as_deref().is_some_and(|id| !id.is_empty()));
     let jwt = created.guest_jwt.as_ref().expect("a jwt");
     assert_eq!(jwt.expose_secret().split('.').count(), 3, "JWT-shaped");
     assert!(created.member_id.is_some());
@@ -499,6 +499,10 @@ enum Api {
     AlwaysUnauthorized,
     /// A 2xx without `conversationId`, then a proper answer.
     MissingConversationIdOnce,
+    /// A 202 with an empty body, then a proper answer.
+    EmptyAcceptedOnce,
+    /// Guest Chat: a 200 without `jwt`.
+    GuestChatWithoutJwt,
     /// A 502 with an HTML body, then a proper answer.
     HtmlBadGatewayOnce,
 }
@@ -508,6 +512,8 @@ struct Scripted {
     token_requests: Arc<AtomicU32>,
     api_requests: Arc<AtomicU32>,
     bodies: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// The `Accept` header of every API call.
+    accepts: Arc<Mutex<Vec<String>>>,
 }
 
 async fn scripted(api: Api) -> Scripted {
@@ -518,8 +524,11 @@ async fn scripted(api: Api) -> Scripted {
     let token_requests = Arc::new(AtomicU32::new(0));
     let api_requests = Arc::new(AtomicU32::new(0));
     let bodies = Arc::new(Mutex::new(Vec::new()));
+    let accepts = Arc::new(Mutex::new(Vec::new()));
+    let accepted = accepts.clone();
     let tokens = token_requests.clone();
     let calls = api_requests.clone();
+    let guest_calls = api_requests.clone();
     let seen = bodies.clone();
     let app = axum::Router::new()
         .route(
@@ -535,8 +544,15 @@ async fn scripted(api: Api) -> Scripted {
         )
         .route(
             "/api/v2/conversations/messages/{integration}/inbound/open/message",
-            post(move |body: axum::body::Bytes| {
+            post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
                 let n = calls.fetch_add(1, Ordering::SeqCst);
+                accepted.lock().unwrap().push(
+                    headers
+                        .get("accept")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string(),
+                );
                 seen.lock()
                     .unwrap()
                     .push(serde_json::from_slice(&body).unwrap_or_default());
@@ -560,10 +576,25 @@ async fn scripted(api: Api) -> Scripted {
                         (Api::MissingConversationIdOnce, 0) => {
                             (StatusCode::ACCEPTED, axum::Json(serde_json::json!({"id": "m-0"}))).into_response()
                         }
+                        (Api::EmptyAcceptedOnce, 0) => StatusCode::ACCEPTED.into_response(),
                         (Api::HtmlBadGatewayOnce, 0) => {
                             (StatusCode::BAD_GATEWAY, "<html><body>502 Bad Gateway</body></html>").into_response()
                         }
                         _ => ok(),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/api/v2/webchat/guest/conversations",
+            post(move || {
+                guest_calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    match api {
+                        Api::GuestChatWithoutJwt => {
+                            (StatusCode::OK, axum::Json(serde_json::json!({"id": "c-9"}))).into_response()
+                        }
+                        _ => StatusCode::NOT_FOUND.into_response(),
                     }
                 }
             }),
@@ -576,6 +607,7 @@ async fn scripted(api: Api) -> Scripted {
         token_requests,
         api_requests,
         bodies,
+        accepts,
     }
 }
 
@@ -616,18 +648,54 @@ async fn a_second_401_is_a_rejection() {
 }
 
 #[tokio::test]
-async fn a_2xx_without_conversation_id_is_retried_with_the_same_message_id() {
+async fn a_2xx_without_conversation_id_is_created_and_never_sent_again() {
     let server = scripted(Api::MissingConversationIdOnce).await;
     let created = scripted_client(&server)
         .create_session(&request("req-same-id"))
         .await
         .expect("created");
-    assert_eq!((created.conversation_id.as_str(), created.attempts), ("c-1", 2));
-    let bodies = server.bodies.lock().unwrap();
-    assert_eq!(bodies.len(), 2);
-    for body in bodies.iter() {
-        assert_eq!(body["channel"]["messageId"], "req-same-id");
-    }
+    assert_eq!(created.conversation_id, None);
+    assert_eq!(created.message_id.as_deref(), Some("m-0"));
+    assert_eq!(created.attempts, 1);
+    assert_eq!(server.api_requests.load(Ordering::SeqCst), 1, "a 2xx is not re-sent");
+}
+
+#[tokio::test]
+async fn a_2xx_without_a_body_is_created_and_never_sent_again() {
+    let server = scripted(Api::EmptyAcceptedOnce).await;
+    let created = scripted_client(&server)
+        .create_session(&unique_request())
+        .await
+        .expect("created");
+    assert_eq!((created.conversation_id, created.message_id), (None, None));
+    assert_eq!(server.api_requests.load(Ordering::SeqCst), 1, "a 2xx is not re-sent");
+}
+
+#[tokio::test]
+async fn a_guest_chat_2xx_without_jwt_is_rejected_without_opening_another_chat() {
+    let server = scripted(Api::GuestChatWithoutJwt).await;
+    let config = GenesysConfig::for_simulator(&format!("http://{}", server.addr), "c", "s", "integ").with_guest_chat(
+        "org",
+        "deployment",
+        "Web Support",
+    );
+    let error = GenesysClient::new(config)
+        .expect("client")
+        .create_session(&unique_request())
+        .await
+        .expect_err("no jwt, no session");
+    assert!(
+        matches!(
+            error,
+            CreateError::Rejected {
+                status: 200,
+                attempts: 1,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(server.api_requests.load(Ordering::SeqCst), 1, "a 2xx is not re-sent");
 }
 
 #[tokio::test]
@@ -648,6 +716,7 @@ async fn the_open_messaging_body_follows_the_contract() {
         .await
         .expect("created");
     let body = server.bodies.lock().unwrap()[0].clone();
+    assert_eq!(server.accepts.lock().unwrap()[0], "application/json");
     let channel = &body["channel"];
     assert_eq!(channel["messageId"], "req-body");
     assert_eq!(

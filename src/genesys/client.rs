@@ -32,7 +32,8 @@ use crate::request::ValidatedRequest;
 #[derive(Debug, Clone)]
 pub struct CreatedSession {
     pub api: SessionApiKind,
-    pub conversation_id: String,
+    /// Absent only when Open Messaging accepted the message without returning one.
+    pub conversation_id: Option<String>,
     /// Open Messaging: the `id` of the inbound message Genesys stored.
     pub message_id: Option<String>,
     /// Guest Chat: the guest's member id.
@@ -100,6 +101,11 @@ impl GenesysClient {
             // A redirected POST would silently become a GET: treat 3xx as a rejection instead.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION")))
+            // Every Genesys answer, errors included, is JSON; the official SDKs ask for it too.
+            .default_headers(reqwest::header::HeaderMap::from_iter([(
+                reqwest::header::ACCEPT,
+                reqwest::header::HeaderValue::from_static("application/json"),
+            )]))
             .build()
             .map_err(GenesysConfigError::HttpClient)?;
         let invalid_url = |reason: String| GenesysConfigError::Invalid {
@@ -213,7 +219,9 @@ impl GenesysClient {
             match &result {
                 Ok(created) => {
                     span.record("genesys.attempts", created.attempts);
-                    span.record("genesys.conversation_id", created.conversation_id.as_str());
+                    if let Some(conversation_id) = &created.conversation_id {
+                        span.record("genesys.conversation_id", conversation_id.as_str());
+                    }
                     tracing::debug!(
                         attempts = created.attempts,
                         elapsed_ms = elapsed_ms(started),
@@ -394,34 +402,48 @@ impl GenesysClient {
         let api = self.session_api();
         let class = classify_status(status);
         if class == StatusClass::Created {
-            let created = match api {
-                SessionApiKind::OpenMessaging => open_messaging::parse_response(body).map(|c| CreatedSession {
-                    api,
-                    conversation_id: c.conversation_id,
-                    message_id: c.message_id,
-                    member_id: None,
-                    event_stream_uri: None,
-                    guest_jwt: None,
-                    attempts,
-                }),
-                SessionApiKind::GuestChat => guest_chat::parse_response(body).map(|c| CreatedSession {
-                    api,
-                    conversation_id: c.conversation_id,
-                    message_id: None,
-                    member_id: c.member_id,
-                    event_stream_uri: c.event_stream_uri,
-                    guest_jwt: Some(c.jwt),
-                    attempts,
-                }),
+            // A 2xx is never sent again, whatever its body: Genesys has the message or the chat,
+            // and a second POST would make a second one.
+            return match api {
+                SessionApiKind::OpenMessaging => {
+                    let c = open_messaging::parse_response(body);
+                    if c.conversation_id.is_none() {
+                        tracing::warn!(
+                            status,
+                            context_id = hints.correlation_id.as_deref(),
+                            "genesys accepted the message without a conversationId; the event carries none"
+                        );
+                    }
+                    Ok(CreatedSession {
+                        api,
+                        conversation_id: c.conversation_id,
+                        message_id: c.message_id,
+                        member_id: None,
+                        event_stream_uri: None,
+                        guest_jwt: None,
+                        attempts,
+                    })
+                }
+                SessionApiKind::GuestChat => guest_chat::parse_response(body)
+                    .map(|c| CreatedSession {
+                        api,
+                        conversation_id: Some(c.conversation_id),
+                        message_id: None,
+                        member_id: c.member_id,
+                        event_stream_uri: c.event_stream_uri,
+                        guest_jwt: Some(c.jwt),
+                        attempts,
+                    })
+                    // Without an id and a jwt the guest cannot join, and a retry would open another chat.
+                    .map_err(|problem| AttemptError {
+                        failure: Failure::Permanent,
+                        status: Some(status),
+                        code: None,
+                        message: format!("HTTP {status}: {problem}"),
+                        context_id: hints.correlation_id,
+                        retry_after: None,
+                    }),
             };
-            return created.map_err(|problem| {
-                tracing::warn!(
-                    status,
-                    context_id = hints.correlation_id.as_deref(),
-                    "genesys {problem}; retrying"
-                );
-                AttemptError::transient(Some(status), format!("HTTP {status}: {problem}"))
-            });
         }
 
         let error = GenesysErrorBody::parse(body);

@@ -106,7 +106,8 @@ pub struct GenesysArgs {
     /// How long a transient failure is retried before `retries_exhausted`, in seconds.
     #[arg(long = "retry-budget-secs", env = "WORKER_RETRY_BUDGET_SECS", default_value_t = 600)]
     pub retry_budget_secs: u64,
-    /// Longest `Retry-After` honoured, in seconds; longer ones are clamped to this.
+    /// Longest `Retry-After` honoured, in seconds: a request told to wait longer is not retried
+    /// (`retries_exhausted`), and the replica's pause after a 429 lasts at most this long.
     #[arg(
         long = "genesys-max-retry-after-secs",
         env = "GENESYS_MAX_RETRY_AFTER_SECS",

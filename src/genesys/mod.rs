@@ -20,7 +20,7 @@
 //! let config = GenesysConfig::for_simulator("http://127.0.0.1:8089", "client", "secret", "integration");
 //! let client = GenesysClient::new(config)?;
 //! match client.create_session(request).await {
-//!     Ok(session) => println!("conversation {}", session.conversation_id),
+//!     Ok(session) => println!("conversation {:?}", session.conversation_id),
 //!     Err(error) => println!("dead letter {}: {error}", error.kind()),
 //! }
 //! # Ok(()) }

@@ -94,18 +94,17 @@ struct Response {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Created {
     pub message_id: Option<String>,
-    pub conversation_id: String,
+    pub conversation_id: Option<String>,
 }
 
-/// Reads a 2xx body. A body without `conversationId` is an error (the caller retries it).
-pub(crate) fn parse_response(body: &[u8]) -> Result<Created, &'static str> {
-    let response: Response = serde_json::from_slice(body).map_err(|_| "2xx response body is not the expected JSON")?;
-    let conversation_id = response
-        .conversation_id
-        .filter(|id| !id.is_empty())
-        .ok_or("2xx response without conversationId")?;
-    Ok(Created {
+/// Reads a 2xx body. Genesys has accepted the message whatever the body says: the API reference
+/// marks `conversationId` optional (`prefetchConversationId` only asks for it), and nothing
+/// documents that a re-sent message with the same `channel.messageId` is dropped, so a body
+/// without it (or without JSON at all) is still a created session, never a reason to POST again.
+pub(crate) fn parse_response(body: &[u8]) -> Created {
+    let response: Response = serde_json::from_slice(body).unwrap_or_default();
+    Created {
         message_id: response.id.filter(|id| !id.is_empty()),
-        conversation_id,
-    })
+        conversation_id: response.conversation_id.filter(|id| !id.is_empty()),
+    }
 }

@@ -3,8 +3,9 @@
 //! Every region has an API host `https://api.<domain>` and a separate login host
 //! `https://login.<domain>`. Explicit base URLs (the simulator, a proxy) override the region.
 
-/// The ten regions of DESIGN §3: region name → domain.
-pub const REGIONS: [(&str, &str); 10] = [
+/// Genesys Cloud regions: region name → domain. The ten of DESIGN §3 and the newer ones the
+/// official SDKs list (`PureCloudRegionHosts`).
+pub const REGIONS: [(&str, &str); 18] = [
     ("us-east-1", "mypurecloud.com"),
     ("eu-west-1", "mypurecloud.ie"),
     ("eu-central-1", "mypurecloud.de"),
@@ -15,7 +16,19 @@ pub const REGIONS: [(&str, &str); 10] = [
     ("eu-west-2", "euw2.pure.cloud"),
     ("ap-south-1", "aps1.pure.cloud"),
     ("sa-east-1", "sae1.pure.cloud"),
+    ("ap-northeast-2", "apne2.pure.cloud"),
+    ("ap-northeast-3", "apne3.pure.cloud"),
+    ("ap-southeast-1", "apse1.pure.cloud"),
+    ("eu-central-2", "euc2.pure.cloud"),
+    ("me-central-1", "mec1.pure.cloud"),
+    ("mx-central-1", "mxc1.pure.cloud"),
+    ("us-east-2", "use2.us-gov-pure.cloud"),
+    ("eusc-de-east-1", "edee1.eusc-pure.cloud"),
 ];
+
+/// Domains under which every Genesys Cloud region lives, so that a region newer than this table,
+/// named by its `api.` URL, still gets its `login.` host (as the official SDKs derive it).
+const GENESYS_DOMAIN_SUFFIXES: [&str; 3] = [".pure.cloud", ".us-gov-pure.cloud", ".eusc-pure.cloud"];
 
 /// The domain of a region (`"eu-west-1"` → `"mypurecloud.ie"`), case-insensitive.
 pub fn region_domain(region: &str) -> Option<&'static str> {
@@ -97,14 +110,14 @@ pub fn resolve_hosts(region: &str, api_url: Option<&str>, login_url: Option<&str
     }
 }
 
-/// `https://api.<domain>` → `https://login.<domain>` for a known Genesys domain.
+/// `https://api.<domain>` → `https://login.<domain>` for a Genesys domain.
 fn derived_login_url(api_base_url: &str) -> Option<String> {
     let url = reqwest::Url::parse(api_base_url).ok()?;
-    let domain = url.host_str()?.strip_prefix("api.")?;
-    REGIONS
-        .iter()
-        .any(|(_, known)| *known == domain)
-        .then(|| format!("{}://login.{domain}", url.scheme()))
+    let domain = url.host_str()?.strip_prefix("api.")?.to_ascii_lowercase();
+    let genesys = REGIONS.iter().any(|(_, known)| *known == domain)
+        || domain.starts_with("mypurecloud.")
+        || GENESYS_DOMAIN_SUFFIXES.iter().any(|suffix| domain.ends_with(suffix));
+    genesys.then(|| format!("{}://login.{domain}", url.scheme()))
 }
 
 /// Checks that `raw` is an absolute http(s) URL and drops a trailing slash.
@@ -140,22 +153,20 @@ mod tests {
 
     #[test]
     fn every_region_maps_to_api_and_login_hosts() {
-        let expected = [
-            ("us-east-1", "mypurecloud.com"),
-            ("eu-west-1", "mypurecloud.ie"),
-            ("eu-central-1", "mypurecloud.de"),
-            ("ap-southeast-2", "mypurecloud.com.au"),
-            ("ap-northeast-1", "mypurecloud.jp"),
-            ("us-west-2", "usw2.pure.cloud"),
-            ("ca-central-1", "cac1.pure.cloud"),
-            ("eu-west-2", "euw2.pure.cloud"),
-            ("ap-south-1", "aps1.pure.cloud"),
-            ("sa-east-1", "sae1.pure.cloud"),
-        ];
-        for (region, domain) in expected {
+        for (region, domain) in REGIONS {
             let hosts = resolve_hosts(region, None, None).unwrap();
             assert_eq!(hosts.api_base_url, format!("https://api.{domain}"));
             assert_eq!(hosts.login_base_url, format!("https://login.{domain}"));
+        }
+        // Spot checks against the official SDKs' PureCloudRegionHosts.
+        for (region, domain) in [
+            ("us-east-1", "mypurecloud.com"),
+            ("eu-west-1", "mypurecloud.ie"),
+            ("ap-northeast-2", "apne2.pure.cloud"),
+            ("us-east-2", "use2.us-gov-pure.cloud"),
+            ("eusc-de-east-1", "edee1.eusc-pure.cloud"),
+        ] {
+            assert_eq!(region_domain(region), Some(domain), "{region}");
         }
     }
 
@@ -178,6 +189,10 @@ mod tests {
 
         let hosts = resolve_hosts("us-east-1", Some("https://api.mypurecloud.de"), None).unwrap();
         assert_eq!(hosts.login_base_url, "https://login.mypurecloud.de");
+
+        // A region newer than the table, named by its API URL, still gets its login host.
+        let hosts = resolve_hosts("us-east-1", Some("https://api.xyz9.pure.cloud/"), None).unwrap();
+        assert_eq!(hosts.login_base_url, "https://login.xyz9.pure.cloud");
 
         let hosts = resolve_hosts("eu-west-1", None, Some("http://login.proxy:8080")).unwrap();
         assert_eq!(hosts.api_base_url, "https://api.mypurecloud.ie");

@@ -4,7 +4,9 @@
 //!   (a uniform wait between zero and the exponential value), so replicas that failed together do
 //!   not retry together.
 //! - A `Retry-After` (on a 429, or any transient response) replaces the backoff: the wait is
-//!   `Retry-After` clamped to `max_retry_after`, plus a little jitter, never less.
+//!   `Retry-After` plus a little jitter, never less. A `Retry-After` above `max_retry_after` ends
+//!   the retries at once, as the official SDKs do (they retry a 429 only when `Retry-After` is at
+//!   most 180 s): retrying earlier than Genesys asked would only earn another 429.
 //! - A 401 is retried at once, a single time, after the token was invalidated.
 //! - Everything is bounded by `retry_budget`, counted from the first attempt: a wait that would end
 //!   past the budget is not started, and the last transient error becomes
@@ -115,7 +117,15 @@ impl RetryPolicy {
     ) -> Option<Duration> {
         let delay = match (error.failure, error.retry_after) {
             (Failure::Reauthenticate, _) => Duration::ZERO,
-            (_, Some(retry_after)) => with_small_jitter(retry_after.min(self.max_retry_after)),
+            (_, Some(retry_after)) if retry_after > self.max_retry_after => {
+                tracing::warn!(
+                    retry_after_secs = retry_after.as_secs(),
+                    max_retry_after_secs = self.max_retry_after.as_secs(),
+                    "genesys asked to wait longer than GENESYS_MAX_RETRY_AFTER_SECS; not retrying"
+                );
+                return None;
+            }
+            (_, Some(retry_after)) => with_small_jitter(retry_after),
             (_, None) => full_jitter(exponential.unwrap_or(self.max_backoff)),
         };
         (elapsed.saturating_add(delay).saturating_add(TIMER_SLACK) <= self.budget).then_some(delay)
@@ -201,7 +211,7 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_is_a_lower_bound_clamped_to_the_maximum() {
+    fn retry_after_is_a_lower_bound_and_one_above_the_maximum_ends_the_retries() {
         let p = policy(600);
         for _ in 0..200 {
             let d = p
@@ -213,10 +223,14 @@ mod tests {
                 .unwrap();
             assert!(d >= Duration::from_secs(2) && d <= Duration::from_millis(2200), "{d:?}");
             let d = p
-                .next_delay(&error(Failure::Transient, 429, Some(3600)), None, Duration::ZERO)
+                .next_delay(&error(Failure::Transient, 429, Some(180)), None, Duration::ZERO)
                 .unwrap();
             assert!(d >= Duration::from_secs(180) && d <= Duration::from_secs(181), "{d:?}");
         }
+        assert_eq!(
+            p.next_delay(&error(Failure::Transient, 429, Some(181)), None, Duration::ZERO),
+            None
+        );
     }
 
     #[test]

@@ -20,7 +20,8 @@ pub struct SessionCreatedEvent {
     pub request_id: String,
     pub guest_id: String,
     pub session: SessionRef,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `null` when the request had no routing hints (the key is always present).
+    #[serde(default)]
     pub routing: Option<Routing>,
     #[serde(default)]
     pub attributes: BTreeMap<String, serde_json::Value>,
@@ -34,7 +35,9 @@ pub struct SessionCreatedEvent {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SessionRef {
     pub api: String,
-    pub conversation_id: String,
+    /// `null` only when Open Messaging accepted the message without returning a conversation id.
+    #[serde(default)]
+    pub conversation_id: Option<String>,
     /// Open Messaging: the id Genesys gave the inbound message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_id: Option<String>,

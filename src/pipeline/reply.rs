@@ -23,7 +23,7 @@ pub struct Reply<'a> {
 #[derive(Debug, Serialize)]
 pub struct ReplySession<'a> {
     pub api: &'a str,
-    pub conversation_id: &'a str,
+    pub conversation_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -38,7 +38,7 @@ impl<'a> ReplySession<'a> {
     pub fn from_created(session: &'a CreatedSession) -> Self {
         Self {
             api: session.api.as_str(),
-            conversation_id: &session.conversation_id,
+            conversation_id: session.conversation_id.as_deref(),
             message_id: session.message_id.as_deref(),
             member_id: session.member_id.as_deref(),
             event_stream_uri: session.event_stream_uri.as_deref(),
