@@ -117,6 +117,9 @@ async fn reject(
         reason: Some(rejection.reason.as_str().to_string()),
         validation_passed: false,
         pii_blocked: rejection.reason == RejectReason::PiiBlocked,
+        // A request with a personal-data key broke the privacy rules even with consent.
+        privacy_compliant: rejection.consent.is_some_and(|c| c.data_processing)
+            && rejection.reason != RejectReason::PiiBlocked,
         ..audit_base(rejection.consent, started)
     };
     let reply = Reply {

@@ -101,6 +101,15 @@ async fn audit_records_pseudonymise_the_guest_and_hold_no_personal_data() {
     );
     assert_eq!(records["req-a-pii"]["pii_blocked"], true);
     assert_eq!(records["req-a-consent"]["privacy_compliant"], false);
+    assert_eq!(
+        (
+            records["req-a-pii"]["consent_data_processing"].clone(),
+            records["req-a-pii"]["privacy_compliant"].clone()
+        ),
+        (serde_json::json!(true), serde_json::json!(false)),
+        "consent does not make a request with a personal-data key compliant"
+    );
+    assert_eq!(records["req-a-created-1"]["privacy_compliant"], true);
     assert_eq!(records["req-a-created-1"]["routing_success"], true);
     assert_eq!(records["req-a-failed"]["attempts"], 1);
 
