@@ -10,7 +10,7 @@ use lapin::{
 
 use crate::{
     amqp::{AmqpArgs, Outgoing, Publisher, Topology, connect, headers, topology::REQUEST_ROUTING_KEY},
-    pipeline::dead_letter::{self, strip_for_replay},
+    pipeline::dead_letter::{self, properties_for_replay},
 };
 
 #[derive(clap::Subcommand)]
@@ -137,10 +137,9 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             skipped.push(delivery.delivery_tag);
             continue;
         }
-        let properties = delivery
-            .properties
-            .clone()
-            .with_headers(strip_for_replay(delivery.properties.headers().as_ref()));
+        // No `expiration`, no failure or broker headers (`x-delivery-count`, `x-death`): the
+        // request starts over.
+        let properties = properties_for_replay(&delivery.properties);
         let outgoing = Outgoing {
             exchange: topology.request_exchange.clone(),
             routing_key: REQUEST_ROUTING_KEY.to_string(),

@@ -11,8 +11,12 @@ pub const DETAIL: &str = "x-error-detail";
 pub const ATTEMPTS: &str = "x-attempts";
 pub const FAILED_AT: &str = "x-failed-at";
 pub const CONTEXT_ID: &str = "x-genesys-context-id";
-/// Headers the worker adds; a replay strips them (and the broker's `x-death`) before re-queueing.
+/// Headers the worker adds; a replay strips them (and the broker's `x-death`, `x-first-death-*`,
+/// `x-last-death-*` and [`DELIVERY_COUNT`]) before re-queueing.
 pub const WORKER_HEADERS: [&str; 5] = [KIND, DETAIL, ATTEMPTS, FAILED_AT, CONTEXT_ID];
+/// The broker's delivery counter (quorum queues add it to a redelivered message): stale in a
+/// replay, where the request starts over.
+pub const DELIVERY_COUNT: &str = "x-delivery-count";
 
 /// Why a request is being dead-lettered.
 #[derive(Debug, Clone)]
@@ -23,7 +27,8 @@ pub struct DeadLetterCause<'a> {
     pub context_id: Option<&'a str>,
 }
 
-/// The dead letter for `delivery`: body byte-identical, original properties kept.
+/// The dead letter for `delivery`: body byte-identical, original properties kept except
+/// `expiration` (a dead letter must not expire from the dead queue), and always persistent.
 pub fn dead_letter(dead_letter_exchange: &str, delivery: &Delivery, cause: &DeadLetterCause<'_>) -> Outgoing {
     let mut table = delivery.properties.headers().clone().unwrap_or_default();
     headers::set_str(&mut table, KIND, cause.kind);
@@ -35,7 +40,10 @@ pub fn dead_letter(dead_letter_exchange: &str, delivery: &Delivery, cause: &Dead
     }
     // The dead letter continues the request's trace (same trace id, the worker's span as parent).
     crate::telemetry::propagation::inject_current(&mut table);
-    let properties = with_persistence(delivery.properties.clone()).with_headers(table);
+    // Persistent even if the original was published transient: it must survive a broker restart.
+    let properties = without_expiration(&delivery.properties)
+        .with_delivery_mode(2)
+        .with_headers(table);
     Outgoing {
         exchange: dead_letter_exchange.to_string(),
         routing_key: delivery.routing_key.as_str().to_string(),
@@ -45,13 +53,40 @@ pub fn dead_letter(dead_letter_exchange: &str, delivery: &Delivery, cause: &Dead
     }
 }
 
-/// A dead letter must survive a broker restart even if the original was published transient.
-fn with_persistence(properties: BasicProperties) -> BasicProperties {
-    if properties.delivery_mode().is_some() {
-        properties
-    } else {
-        properties.with_delivery_mode(2)
+/// The properties a replay re-publishes a dead letter with: its own minus `expiration` (a dead
+/// letter from an older worker may still carry the request's) and minus the headers the worker
+/// and the broker added.
+pub fn properties_for_replay(properties: &BasicProperties) -> BasicProperties {
+    without_expiration(properties).with_headers(strip_for_replay(properties.headers().as_ref()))
+}
+
+/// `properties` minus `expiration` (lapin's properties cannot unset a field, so this copies the
+/// others).
+fn without_expiration(properties: &BasicProperties) -> BasicProperties {
+    let mut copy = BasicProperties::default();
+    macro_rules! keep {
+        ($($get:ident => $set:ident),* $(,)?) => {
+            $(if let Some(value) = properties.$get() {
+                copy = copy.$set(value.clone());
+            })*
+        };
     }
+    keep!(
+        content_type => with_content_type,
+        content_encoding => with_content_encoding,
+        headers => with_headers,
+        delivery_mode => with_delivery_mode,
+        priority => with_priority,
+        correlation_id => with_correlation_id,
+        reply_to => with_reply_to,
+        message_id => with_message_id,
+        timestamp => with_timestamp,
+        kind => with_type,
+        user_id => with_user_id,
+        app_id => with_app_id,
+        cluster_id => with_cluster_id,
+    );
+    copy
 }
 
 /// The headers of a dead letter minus what the worker and the broker added, for a replay.
@@ -61,6 +96,7 @@ pub fn strip_for_replay(table: Option<&FieldTable>) -> FieldTable {
         for (key, value) in table {
             let key_str = key.as_str();
             if WORKER_HEADERS.contains(&key_str)
+                || key_str == DELIVERY_COUNT
                 || key_str.starts_with("x-death")
                 || key_str.starts_with("x-first-death")
                 || key_str.starts_with("x-last-death")
@@ -71,4 +107,67 @@ pub fn strip_for_replay(table: Option<&FieldTable>) -> FieldTable {
         }
     }
     clean
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::types::{AMQPValue, LongString, ShortString};
+
+    use super::*;
+
+    fn every_property() -> BasicProperties {
+        let mut table = FieldTable::default();
+        headers::set_str(
+            &mut table,
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_content_encoding("identity".into())
+            .with_headers(table)
+            .with_delivery_mode(1)
+            .with_priority(3)
+            .with_correlation_id("corr".into())
+            .with_reply_to("replies".into())
+            .with_message_id("msg".into())
+            .with_timestamp(1_700_000_000)
+            .with_type("session.request".into())
+            .with_user_id("guest".into())
+            .with_app_id("portal".into())
+            .with_cluster_id("cluster".into())
+    }
+
+    #[test]
+    fn without_expiration_keeps_every_other_property() {
+        let original = every_property();
+        assert_eq!(
+            without_expiration(&original.clone().with_expiration("60000".into())),
+            original
+        );
+    }
+
+    #[test]
+    fn a_replay_drops_expiration_and_what_the_worker_and_the_broker_added() {
+        let mut table = every_property().headers().clone().unwrap_or_default();
+        headers::set_str(&mut table, "upstream-header", "kept");
+        headers::set_str(&mut table, KIND, "malformed");
+        headers::set_i64(&mut table, ATTEMPTS, 0);
+        headers::set_i64(&mut table, DELIVERY_COUNT, 3);
+        table.insert(
+            ShortString::from("x-death"),
+            AMQPValue::FieldArray(vec![AMQPValue::LongString(LongString::from("q"))].into()),
+        );
+        headers::set_str(&mut table, "x-first-death-reason", "delivery_limit");
+        let dead = every_property().with_headers(table).with_expiration("60000".into());
+        let replayed = properties_for_replay(&dead);
+        assert_eq!(replayed.expiration(), &None);
+        let keys: Vec<&str> = replayed
+            .headers()
+            .as_ref()
+            .map(|t| t.inner().keys().map(|k| k.as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(keys, ["traceparent", "upstream-header"]);
+        assert_eq!(replayed.message_id(), every_property().message_id());
+    }
 }

@@ -47,8 +47,8 @@ impl Telemetry {
     /// (else `default_filter`, e.g. `info`), and spans to OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
     /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set. Without an endpoint no OpenTelemetry layer is
     /// installed at all (it costs a tenth of the worker's CPU); the upstream trace context is then
-    /// passed through unchanged to everything the worker publishes (see
-    /// [`super::propagation::with_upstream`]).
+    /// passed through to everything the worker publishes, or a fresh one started when the request
+    /// had none (see [`super::propagation::with_upstream`]).
     pub fn init(format: LogFormat, default_filter: &str) -> Result<Self, TelemetryError> {
         let provider = tracer_provider()?;
         let otel = export_configured().then(|| {

@@ -210,9 +210,41 @@ impl TestEnv {
             )
             .await
             .expect("declare observer");
+        self.bind(name, exchange, key).await;
+        self.observers.push(name.to_string());
+    }
+
+    /// A server-named, exclusive queue (the broker deletes it with this test's connection), e.g.
+    /// for `reply_to`.
+    pub async fn private_queue(&self) -> String {
+        self.channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("private queue")
+            .name()
+            .to_string()
+    }
+
+    /// A [`Self::private_queue`] bound to `exchange` with `key`: a copy of what is published there,
+    /// as published (a classic queue adds no `x-delivery-count`, as the quorum queues do).
+    pub async fn tap(&self, exchange: &str, key: &str) -> String {
+        let name = self.private_queue().await;
+        self.bind(&name, exchange, key).await;
+        name
+    }
+
+    async fn bind(&self, queue: &str, exchange: &str, key: &str) {
         self.channel
             .queue_bind(
-                name.into(),
+                queue.into(),
                 exchange.into(),
                 key.into(),
                 QueueBindOptions::default(),
@@ -220,7 +252,6 @@ impl TestEnv {
             )
             .await
             .expect("bind observer");
-        self.observers.push(name.to_string());
     }
 
     /// Publishes a request body with the usual properties.

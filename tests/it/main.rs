@@ -8,6 +8,7 @@ mod deploy;
 mod examples;
 mod helpers;
 mod hostile;
+mod message_properties;
 mod observability;
 mod pipeline;
 mod publisher;

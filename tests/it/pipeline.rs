@@ -7,7 +7,7 @@ use guest_session_worker::{
     pipeline::{dead_letter, event::SessionCreatedEvent},
     sim::Faults,
 };
-use lapin::{BasicProperties, options::QueueDeclareOptions, types::FieldTable};
+use lapin::BasicProperties;
 
 use crate::helpers::*;
 
@@ -30,7 +30,13 @@ async fn two_hundred_valid_requests_become_two_hundred_events_and_audit_records(
         assert!(seen.insert(event.request_id.clone()), "one event per request");
         assert_eq!(event.guest_id, format!("guest_{}", event.request_id));
         assert_eq!(event.session.api, "open_messaging");
-        assert!(!event.session.conversation_id.is_empty());
+        assert!(
+            event
+                .session
+                .conversation_id
+                .as_deref()
+                .is_some_and(|id| !id.is_empty())
+        );
         assert!(event.session.message_id.is_some());
         let routing = event.routing.as_ref().expect("routing echoed");
         assert_eq!(routing.queue.as_deref(), Some("Web Support"));
@@ -217,20 +223,7 @@ async fn a_request_with_reply_to_gets_a_reply_with_its_correlation_id() {
     let mut env = TestEnv::start().await;
     // A CRM queue must be bound, or the event is unroutable and the one reply says `failed`.
     env.bind_events().await;
-    let reply_queue = env
-        .channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("reply queue");
-    let reply_name = reply_queue.name().to_string();
+    let reply_name = env.private_queue().await;
     env.publish_with(body(&valid_request("reply-1")), |p: BasicProperties| {
         p.with_reply_to(reply_name.as_str().into())
             .with_correlation_id("corr-42".into())
@@ -270,20 +263,7 @@ async fn guest_chat_jwt_goes_to_the_reply_and_never_to_the_crm_event() {
         ..env.genesys_config.clone()
     };
     env.start_worker().await;
-    let reply_queue = env
-        .channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("reply queue");
-    let reply_name = reply_queue.name().to_string();
+    let reply_name = env.private_queue().await;
     env.publish_with(body(&valid_request("chat-1")), |p| {
         p.with_reply_to(reply_name.as_str().into())
     })

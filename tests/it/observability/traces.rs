@@ -7,7 +7,7 @@ use guest_session_worker::{
     amqp::{Topology, headers, request_message},
     sim::Faults,
 };
-use lapin::{options::QueueDeclareOptions, types::FieldTable};
+use lapin::types::FieldTable;
 use tokio::io::AsyncReadExt;
 
 use super::{
@@ -145,21 +145,7 @@ async fn a_request_trace_reaches_the_otlp_collector_from_upstream_through_genesy
     let created_id = format!("req-otel-{}", random_hex(8));
     let blocked_id = format!("req-otel-blocked-{}", random_hex(8));
     // The upstream asks for a reply too: every message the worker publishes continues the trace.
-    let reply_queue = env
-        .channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("reply queue")
-        .name()
-        .to_string();
+    let reply_queue = env.private_queue().await;
     let mut created_request = request_message(
         &env.topology,
         body(&secrets.valid(&created_id)),
