@@ -503,6 +503,8 @@ enum Api {
     EmptyAcceptedOnce,
     /// Guest Chat: a 200 without `jwt`.
     GuestChatWithoutJwt,
+    /// The token endpoint refuses the client (a wrong secret).
+    BadClient,
     /// A 502 with an HTML body, then a proper answer.
     HtmlBadGatewayOnce,
 }
@@ -536,9 +538,20 @@ async fn scripted(api: Api) -> Scripted {
             post(move || {
                 let n = tokens.fetch_add(1, Ordering::SeqCst);
                 async move {
+                    if let Api::BadClient = api {
+                        return (
+                            StatusCode::UNAUTHORIZED,
+                            axum::Json(serde_json::json!({
+                                "error": "invalid_client", "description": "client not found",
+                                "error_description": "client not found"
+                            })),
+                        )
+                            .into_response();
+                    }
                     axum::Json(serde_json::json!({
                         "access_token": format!("token-{n}"), "token_type": "bearer", "expires_in": 86400
                     }))
+                    .into_response()
                 }
             }),
         )
@@ -696,6 +709,31 @@ async fn a_guest_chat_2xx_without_jwt_is_rejected_without_opening_another_chat()
         "{error:?}"
     );
     assert_eq!(server.api_requests.load(Ordering::SeqCst), 1, "a 2xx is not re-sent");
+}
+
+#[tokio::test]
+async fn a_refused_client_costs_the_login_host_one_request_per_second_not_one_per_retry() {
+    let server = scripted(Api::BadClient).await;
+    let mut config = GenesysConfig::for_simulator(&format!("http://{}", server.addr), "c", "wrong", "integ");
+    config.initial_backoff = Duration::from_millis(10);
+    config.max_backoff = Duration::from_millis(50);
+    config.retry_budget = Duration::from_millis(2500);
+    let client = GenesysClient::new(config).expect("client");
+    let calls = (0..20).map(|_| {
+        let client = client.clone();
+        async move { client.create_session(&unique_request()).await }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    for result in results {
+        let error = result.expect_err("no token, no session");
+        assert!(matches!(error, CreateError::RetriesExhausted { .. }), "{error:?}");
+        assert!(error.to_string().contains("invalid_client"), "{error}");
+    }
+    // 20 requests retrying every 10-50 ms for 2.5 s would ask hundreds of times; held for a
+    // second, a failure is asked about once per second.
+    let asked = server.token_requests.load(Ordering::SeqCst);
+    assert!((2..=4).contains(&asked), "{asked} token requests");
+    assert_eq!(server.api_requests.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]

@@ -11,6 +11,10 @@
 //! - Every failure of the token endpoint (network, 5xx, 429, and 400/401 too) is a
 //!   [`TokenError`] the caller retries within its budget: a wrong secret must not dead-letter the
 //!   whole stream in a second.
+//! - A failure is held for [`FAILURE_HOLD`] (or the endpoint's `Retry-After`, up to
+//!   [`MAX_FAILURE_HOLD`]): every caller in that time gets it without asking again, so a wrong
+//!   secret or a login outage costs the login host one request per hold per replica, not one per
+//!   retry of every request in flight.
 //!
 //! The secret and the access token are [`SecretString`]s; neither is ever logged.
 
@@ -29,6 +33,10 @@ use super::error::{GenesysErrorBody, correlation_id, retry_after};
 const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 /// When `expires_in` is missing.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+/// How long a failed fetch answers for the token endpoint.
+pub const FAILURE_HOLD: Duration = Duration::from_secs(1);
+/// The longest a token endpoint's `Retry-After` holds a failure.
+pub const MAX_FAILURE_HOLD: Duration = Duration::from_secs(60);
 
 /// A bearer token and the generation it belongs to (for [`TokenProvider::invalidate`]).
 #[derive(Clone)]
@@ -84,7 +92,8 @@ struct CachedToken {
 struct FetchState {
     /// Completed fetches, successful or not.
     completed: u64,
-    last_error: Option<TokenError>,
+    /// The last fetch's error, and until when it answers for the endpoint.
+    last_error: Option<(TokenError, Instant)>,
 }
 
 /// Caches one client-credentials token and refreshes it, one fetch at a time.
@@ -150,10 +159,10 @@ impl TokenProvider {
         if let Some(token) = self.fresh().await {
             return Ok(token);
         }
-        if fetch.completed != seen
-            && let Some(error) = &fetch.last_error
+        if let Some((error, held_until)) = &fetch.last_error
+            && (fetch.completed != seen || Instant::now() < *held_until)
         {
-            // A fetch finished (and failed) while we queued: share its outcome.
+            // A fetch failed while we queued, or so recently that asking again is pointless.
             return Err(error.clone());
         }
         let result = self.fetch_token().await;
@@ -172,7 +181,10 @@ impl TokenProvider {
                 Ok(token)
             }
             Err(error) => {
-                fetch.last_error = Some(error.clone());
+                let hold = error
+                    .retry_after
+                    .map_or(FAILURE_HOLD, |wait| wait.clamp(FAILURE_HOLD, MAX_FAILURE_HOLD));
+                fetch.last_error = Some((error.clone(), Instant::now() + hold));
                 Err(error)
             }
         }
