@@ -347,7 +347,8 @@ async fn a_wrong_secret_is_retried_like_a_transient_error_and_never_logged() {
     let sim = sim::spawn(sim_config.clone()).await.expect("simulator starts");
     let mut config = config_for(&sim, &sim_config);
     config.client_secret = "not-the-secret-xyz".to_string().into();
-    config.retry_budget = Duration::from_millis(800);
+    // Longer than the second a token failure is held, so the endpoint is asked again.
+    config.retry_budget = Duration::from_millis(1600);
     let client = GenesysClient::new(config).expect("client");
     let error = client.create_session(&unique_request()).await.expect_err("no token");
     assert!(
