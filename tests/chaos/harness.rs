@@ -15,6 +15,7 @@ use std::{
     time::Duration,
 };
 
+use crate::leftovers::Leftovers;
 use futures_util::StreamExt;
 use guest_session_worker::{
     amqp::{Publisher, Topology, connect, headers, request_message, topology::EVENT_ROUTING_KEY},
@@ -27,7 +28,7 @@ use guest_session_worker::{
 };
 use lapin::{
     Channel, Connection,
-    options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions},
+    options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, LongString},
 };
 use secrecy::SecretString;
@@ -102,49 +103,6 @@ pub struct World {
     leftovers: Leftovers,
 }
 
-/// Deletes a world's queues and exchanges when a test ends (a failed assertion) before
-/// [`World::cleanup`], so that a failing chaos test leaves nothing on the shared broker either.
-struct Leftovers {
-    url: String,
-    topology: Topology,
-    events_queue: String,
-    armed: bool,
-}
-
-/// Deletes what [`World::start`] declared: the CRM observer queue and the worker's topology.
-async fn delete_declared(channel: &Channel, topology: &Topology, events_queue: &str) {
-    let _ = channel
-        .queue_delete(events_queue.into(), QueueDeleteOptions::default())
-        .await;
-    let _ = topology.delete(channel).await;
-}
-
-impl Drop for Leftovers {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let (url, topology, queue) = (self.url.clone(), self.topology.clone(), self.events_queue.clone());
-        // The panicking test may be inside its runtime: clean up on a thread with a runtime of its own.
-        let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                return;
-            };
-            runtime.block_on(async {
-                let _ = tokio::time::timeout(Duration::from_secs(10), async {
-                    let connection = connect(&url, "chaos-cleanup").await.ok()?;
-                    let channel = connection.create_channel().await.ok()?;
-                    delete_declared(&channel, &topology, &queue).await;
-                    let _ = connection.close(200, "chaos cleanup".into()).await;
-                    Some(())
-                })
-                .await;
-            });
-        });
-        let _ = cleanup.join();
-    }
-}
-
 impl World {
     /// Declares the topology under a fresh prefix on the broker at `url`, binds a CRM queue and
     /// starts the simulator.
@@ -184,12 +142,8 @@ impl World {
         let publisher = Publisher::open(&connection, 1).await.expect("publisher");
         let logs = std::env::temp_dir().join(format!("{prefix}logs"));
         std::fs::create_dir_all(&logs).expect("log dir");
-        let leftovers = Leftovers {
-            url: url.to_string(),
-            topology: topology.clone(),
-            events_queue: events_queue.clone(),
-            armed: true,
-        };
+        let mut leftovers = Leftovers::new(url, &topology);
+        leftovers.queues.push(events_queue.clone());
         Self {
             leftovers,
             url: url.to_string(),
@@ -418,8 +372,7 @@ impl World {
 
     /// Deletes what the test declared and stops the simulator.
     pub async fn cleanup(mut self) {
-        self.leftovers.armed = false;
-        delete_declared(&self.channel, &self.topology, &self.events_queue).await;
+        self.leftovers.delete_now(&self.channel).await;
         let _ = self.connection.close(200, "chaos test done".into()).await;
         self.sim.shutdown().await;
         let _ = std::fs::remove_dir_all(&self.logs);

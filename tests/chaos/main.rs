@@ -14,6 +14,8 @@ mod duplicates;
 mod genesys_outage;
 mod harness;
 mod kill;
+#[path = "../support/leftovers.rs"]
+mod leftovers;
 mod poison;
 mod rabbit_node;
 mod session_loss;

@@ -16,11 +16,13 @@ use guest_session_worker::{
 use lapin::{
     BasicProperties, Channel, Connection, Consumer,
     message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions},
+    options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
     types::FieldTable,
 };
 use secrecy::SecretString;
 use tokio::sync::OnceCell;
+
+use crate::leftovers::Leftovers;
 
 pub const AUDIT_KEY: &str = "test-audit-key";
 
@@ -88,7 +90,8 @@ pub struct TestEnv {
     pub publisher: Publisher,
     pub genesys_config: GenesysConfig,
     pub settings: WorkerSettings,
-    observers: Vec<String>,
+    /// Deletes the topology and the observer queues if the test fails before [`Self::cleanup`].
+    leftovers: Leftovers,
 }
 
 impl TestEnv {
@@ -125,6 +128,7 @@ impl TestEnv {
         let publisher = Publisher::open(&connection, 1).await.expect("publisher");
         let metrics = Metrics::new();
         let readiness = Readiness::default();
+        let leftovers = Leftovers::new(&url, &topology);
         let mut env = Self {
             url,
             prefix,
@@ -139,7 +143,7 @@ impl TestEnv {
             publisher,
             genesys_config,
             settings,
-            observers: Vec::new(),
+            leftovers,
         };
         if options.start_worker {
             env.start_worker().await;
@@ -211,7 +215,7 @@ impl TestEnv {
             .await
             .expect("declare observer");
         self.bind(name, exchange, key).await;
-        self.observers.push(name.to_string());
+        self.leftovers.queues.push(name.to_string());
     }
 
     /// A server-named, exclusive queue (the broker deletes it with this test's connection), e.g.
@@ -337,13 +341,7 @@ impl TestEnv {
     /// Stops the worker and the simulator and deletes every queue and exchange the test declared.
     pub async fn cleanup(mut self) {
         self.stop_worker().await;
-        for queue in &self.observers {
-            let _ = self
-                .channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        let _ = self.topology.delete(&self.channel).await;
+        self.leftovers.delete_now(&self.channel).await;
         let _ = self.connection.close(200, "test done".into()).await;
         self.sim.shutdown().await;
     }

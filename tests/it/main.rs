@@ -8,6 +8,8 @@ mod deploy;
 mod examples;
 mod helpers;
 mod hostile;
+#[path = "../support/leftovers.rs"]
+mod leftovers;
 mod message_properties;
 mod observability;
 mod pipeline;
