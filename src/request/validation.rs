@@ -553,7 +553,10 @@ fn check_pii(attributes: &BTreeMap<String, Value>, policy: &ValidationPolicy) ->
         if let Some(pattern) = policy.pii_pattern_in(key, &mut scratch) {
             return Err(Fail::new(
                 RejectReason::PiiBlocked,
-                format!("attribute key {} matches the PII pattern {pattern:?}", quote(key)),
+                format!(
+                    "attribute key {} matches the PII pattern {pattern:?} (compared lowercased without . _ -)",
+                    quote(key)
+                ),
             ));
         }
     }
