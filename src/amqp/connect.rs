@@ -79,7 +79,8 @@ pub async fn connect(url: &str, connection_name: &str) -> Result<Connection, Con
     };
     let mut uri = AMQPUri::from_str(url).map_err(|reason| ConnectError::InvalidUrl {
         url: redact_url(url),
-        reason,
+        // The parser's message may quote the whole URL, password and all.
+        reason: reason.replace(url, &redact_url(url)),
     })?;
     // The broker's default (60 s) means a silently hung broker is noticed after ~2 minutes.
     if uri.query.heartbeat.is_none() {
@@ -95,16 +96,18 @@ pub async fn connect(url: &str, connection_name: &str) -> Result<Connection, Con
 /// password itself may hold an unencoded `/`, `?` or `#`: then everything up to the last `@` is
 /// hidden, rather than guessing where the password ends.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+    // Without a scheme (a mistyped URL such as `guest:secret@host`) the user info still goes.
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
     };
     let (authority, tail) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
     if let Some((userinfo, host)) = authority.rsplit_once('@') {
         let user = userinfo.split(':').next().unwrap_or_default();
-        return format!("{scheme}://{user}:***@{host}{tail}");
+        return format!("{scheme}{user}:***@{host}{tail}");
     }
     match rest.rsplit_once('@') {
-        Some((_, after)) => format!("{scheme}://***@{after}"),
+        Some((_, after)) => format!("{scheme}***@{after}"),
         None => url.to_string(),
     }
 }
@@ -138,6 +141,11 @@ mod tests {
             "an unencoded @ in the password"
         );
         assert_eq!(redact_url("amqps://user@host/vh"), "amqps://user:***@host/vh");
+        assert_eq!(
+            redact_url("guest:Sup3rS3cret@127.0.0.1"),
+            "guest:***@127.0.0.1",
+            "a URL without a scheme"
+        );
         assert_eq!(
             redact_url("amqps://u:s3cr@t@host?heartbeat=10"),
             "amqps://u:***@host?heartbeat=10"

@@ -157,13 +157,15 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     }
 
     print_summary(&outcomes, &mut latencies, total, seen, &simulator.stats());
-    let _ = connection.close(200, "demo done".into()).await;
     if !args.once {
         println!(
-            "\nThe worker keeps running (Ctrl-C to stop). Enqueue more with:\n  AMQP_NAME_PREFIX={prefix} cargo run -- enqueue --sample 100\nList dead letters with:\n  AMQP_NAME_PREFIX={prefix} cargo run -- dead-letters list"
+            "\nThe worker keeps running (Ctrl-C to stop) and the outcomes of what you enqueue are counted below. Enqueue more with:\n  AMQP_NAME_PREFIX={prefix} cargo run --release -- enqueue --sample 100\nList dead letters with:\n  AMQP_NAME_PREFIX={prefix} cargo run --release -- dead-letters list"
         );
-        super::shutdown_signal().await;
+        // The observer queues stay bound meanwhile: without a queue on the CRM exchange every
+        // later event would be unroutable and its request dead-lettered.
+        follow(&mut events, &mut dead).await;
     }
+    let _ = connection.close(200, "demo done".into()).await;
     worker.shutdown().await;
     simulator.shutdown().await;
     anyhow::ensure!(
@@ -175,6 +177,43 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         "{mismatches} request(s) ended with an unexpected outcome"
     );
     Ok(())
+}
+
+/// Counts outcomes as they arrive until Ctrl-C, printing the running totals when they change.
+async fn follow(events: &mut lapin::Consumer, dead: &mut lapin::Consumer) {
+    let mut created = 0usize;
+    let mut dead_by_reason: BTreeMap<String, usize> = BTreeMap::new();
+    let mut changed = false;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let stop = super::shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(Ok(delivery)) = events.next() => {
+                let _ = delivery.acker.ack(Default::default()).await;
+                created += 1;
+                changed = true;
+            }
+            Some(Ok(delivery)) = dead.next() => {
+                let _ = delivery.acker.ack(Default::default()).await;
+                let reason = crate::amqp::headers::get_str(delivery.properties.headers().as_ref(), dead_letter::KIND)
+                    .unwrap_or_else(|| "unknown".into());
+                *dead_by_reason.entry(reason).or_default() += 1;
+                changed = true;
+            }
+            _ = ticker.tick() => {
+                if std::mem::take(&mut changed) {
+                    let reasons: Vec<String> = dead_by_reason.iter().map(|(r, n)| format!("{r} {n}")).collect();
+                    let dead: usize = dead_by_reason.values().sum();
+                    println!(
+                        "since the batch: created {created}, dead-lettered {dead}{}",
+                        if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) }
+                    );
+                }
+            }
+        }
+    }
 }
 
 fn print_summary(

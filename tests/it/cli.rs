@@ -61,6 +61,20 @@ async fn run_with_an_unreachable_broker_explains_itself_and_exits_non_zero() {
 }
 
 #[tokio::test]
+async fn a_mistyped_broker_url_is_refused_without_printing_its_password() {
+    for url in [
+        "guest:Sup3rS3cret@127.0.0.1",
+        "amqp://guest:Sup3rS3cret@127.0.0.1:notaport/%2f",
+    ] {
+        let output = cli(&["enqueue", "--sample", "1"], &[("AMQP_URL", url)]).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{url}");
+        assert!(stderr.contains("AMQP_URL"), "{stderr}");
+        assert!(!stderr.contains("Sup3rS3cret"), "{stderr}");
+    }
+}
+
+#[tokio::test]
 async fn run_without_an_audit_key_refuses_to_start() {
     let output = cli(&["run"], &[("AUDIT_HMAC_KEY", ""), ("HEALTH_ADDR", "127.0.0.1:0")]).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
