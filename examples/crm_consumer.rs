@@ -6,7 +6,7 @@
 //! CRM_SYNC_ENDPOINT=http://localhost:8088/sessions cargo run --example crm_consumer
 //! ```
 //!
-//! It declares its **own durable queue** (`CRM_QUEUE`, default `crm.session-events`; a quorum
+//! It declares its **own durable queue** (`CRM_QUEUE`, default `{AMQP_NAME_PREFIX}crm.session-events`; a quorum
 //! queue) bound to the `crm-sync` topic exchange with routing key `session.created`, so events
 //! published while it is down wait for it. Each event is printed as a JSON line, or POSTed to
 //! `CRM_SYNC_ENDPOINT` with retries (exponential backoff with jitter on connection errors, 408,
@@ -45,6 +45,16 @@ use lapin::{
 
 pub const DEFAULT_QUEUE: &str = "crm.session-events";
 
+impl Settings {
+    /// `CRM_QUEUE`, or the default queue under the worker's prefix, so that consumers of
+    /// differently prefixed workers never share a queue.
+    pub fn queue(&self) -> String {
+        self.queue
+            .clone()
+            .unwrap_or_else(|| format!("{}{DEFAULT_QUEUE}", self.name_prefix))
+    }
+}
+
 /// The consumer's settings; each flag also reads the env var named here.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(about = "Consume session.created events and forward them to a CRM")]
@@ -55,9 +65,9 @@ pub struct Settings {
     /// The worker's AMQP_NAME_PREFIX (names its `crm-sync` exchange).
     #[arg(long, env = "AMQP_NAME_PREFIX", default_value = "")]
     pub name_prefix: String,
-    /// This consumer's own durable queue.
-    #[arg(long, env = "CRM_QUEUE", default_value = DEFAULT_QUEUE)]
-    pub queue: String,
+    /// This consumer's own durable queue (default: `AMQP_NAME_PREFIX` + `crm.session-events`).
+    #[arg(long, env = "CRM_QUEUE")]
+    pub queue: Option<String>,
     /// Where to POST each event; unset = print it to stdout.
     #[arg(long, env = "CRM_SYNC_ENDPOINT")]
     pub endpoint: Option<String>,
@@ -340,13 +350,14 @@ pub async fn run(
     mut on_handled: impl FnMut(&Handled),
 ) -> Result<(), lapin::Error> {
     let topology = Topology::new(&settings.name_prefix);
-    declare_queue(channel, &topology.crm_exchange, &settings.queue).await?;
+    let queue = settings.queue();
+    declare_queue(channel, &topology.crm_exchange, &queue).await?;
     channel
         .basic_qos(settings.prefetch.max(1), BasicQosOptions::default())
         .await?;
     let mut consumer = channel
         .basic_consume(
-            settings.queue.as_str().into(),
+            queue.as_str().into(),
             "crm_consumer".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -381,7 +392,7 @@ async fn main() -> anyhow::Result<()> {
     let channel = connection.create_channel().await?;
     eprintln!(
         "crm_consumer: queue '{}' ← exchange '{}' ({EVENT_ROUTING_KEY}); {}",
-        settings.queue,
+        settings.queue(),
         Topology::new(&settings.name_prefix).crm_exchange,
         match &settings.endpoint {
             Some(endpoint) => format!("forwarding to {endpoint}"),

@@ -107,15 +107,17 @@ async fn crm_consumer_forwards_each_created_session_once_and_retries_an_unavaila
     let settings = crm_consumer::Settings {
         amqp_url: env.url.clone(),
         name_prefix: prefix.clone(),
-        queue: format!("{prefix}{}", crm_consumer::DEFAULT_QUEUE),
+        // The default: the prefixed `crm.session-events`.
+        queue: None,
         endpoint: Some(format!("http://{addr}/sessions")),
         dedup_capacity: 100,
         prefetch: 16,
         retries: 6,
     };
+    assert_eq!(settings.queue(), format!("{prefix}crm.session-events"));
     let sink = crm_consumer::Sink::from_settings(&settings).unwrap();
     // The consumer's queue exists (and is bound) before the worker publishes anything.
-    crm_consumer::declare_queue(&env.channel, &env.topology.crm_exchange, &settings.queue)
+    crm_consumer::declare_queue(&env.channel, &env.topology.crm_exchange, &settings.queue())
         .await
         .unwrap();
 
@@ -192,9 +194,9 @@ async fn crm_consumer_forwards_each_created_session_once_and_retries_an_unavaila
     stop.cancel();
     consumer.await.unwrap().unwrap();
     // Every event was acked: nothing is left in (or returns to) the consumer's queue.
-    assert_eq!(env.message_count(&settings.queue).await, 0);
+    assert_eq!(env.message_count(&settings.queue()).await, 0);
     env.channel
-        .queue_delete(settings.queue.as_str().into(), QueueDeleteOptions::default())
+        .queue_delete(settings.queue().as_str().into(), QueueDeleteOptions::default())
         .await
         .unwrap();
     env.cleanup().await;
@@ -214,7 +216,7 @@ async fn crm_consumer_leaves_an_event_unacked_until_the_crm_takes_it() {
     let settings = crm_consumer::Settings {
         amqp_url: env.url.clone(),
         name_prefix: String::new(),
-        queue: queue.clone(),
+        queue: Some(queue.clone()),
         endpoint: Some(format!("http://{addr}/sessions")),
         dedup_capacity: 10,
         prefetch: 1,
