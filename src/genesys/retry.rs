@@ -8,9 +8,9 @@
 //!   the retries at once, as the official SDKs do (they retry a 429 only when `Retry-After` is at
 //!   most 180 s): retrying earlier than Genesys asked would only earn another 429.
 //! - A 401 is retried at once, a single time, after the token was invalidated.
-//! - Everything is bounded by `retry_budget`, counted from the first attempt: a wait that would end
-//!   past the budget is not started, and the last transient error becomes
-//!   [`CreateError::RetriesExhausted`].
+//! - Everything is bounded by `retry_budget`, counted from the first attempt: a backoff wait is
+//!   shortened to end within it, a `Retry-After` wait that would end past it is not started, and
+//!   the last transient error becomes [`CreateError::RetriesExhausted`].
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -126,7 +126,15 @@ impl RetryPolicy {
                 return None;
             }
             (_, Some(retry_after)) => with_small_jitter(retry_after),
-            (_, None) => full_jitter(exponential.unwrap_or(self.max_backoff)),
+            (_, None) => {
+                // A backoff wait is ours to choose: near the end of the budget, shorten it to what
+                // is left, so the budget is used to its end rather than given up early.
+                let left = self.budget.saturating_sub(elapsed).saturating_sub(TIMER_SLACK);
+                if left.is_zero() {
+                    return None;
+                }
+                full_jitter(exponential.unwrap_or(self.max_backoff)).min(left)
+            }
         };
         (elapsed.saturating_add(delay).saturating_add(TIMER_SLACK) <= self.budget).then_some(delay)
     }
@@ -229,6 +237,22 @@ mod tests {
         }
         assert_eq!(
             p.next_delay(&error(Failure::Transient, 429, Some(181)), None, Duration::ZERO),
+            None
+        );
+    }
+
+    #[test]
+    fn a_backoff_wait_near_the_end_is_shortened_to_what_is_left_of_the_budget() {
+        let p = policy(10);
+        let e = error(Failure::Transient, 503, None);
+        for _ in 0..200 {
+            let d = p
+                .next_delay(&e, Some(Duration::from_secs(30)), Duration::from_millis(9_000))
+                .expect("a second is left");
+            assert!(d <= Duration::from_millis(998), "{d:?}");
+        }
+        assert_eq!(
+            p.next_delay(&e, Some(Duration::from_secs(30)), Duration::from_millis(9_999)),
             None
         );
     }
