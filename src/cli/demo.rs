@@ -30,7 +30,7 @@ pub struct DemoArgs {
     /// Exit after the batch instead of running until Ctrl-C.
     #[arg(long)]
     pub once: bool,
-    /// How many valid requests the batch holds (one invalid request of each kind is added).
+    /// How many valid requests the batch holds (7 invalid ones, at least one per rejection reason, are added).
     #[arg(long, default_value_t = 20)]
     pub valid: usize,
     /// Simulated Genesys latency per call.
