@@ -61,21 +61,33 @@ impl std::fmt::Debug for AmqpArgs {
 pub enum ConnectError {
     #[error("AMQP_URL {url} is not a valid broker URL ({reason}); expected amqp://user:password@host:port/vhost")]
     InvalidUrl { url: String, reason: String },
-    #[error(
-        "cannot connect to the RabbitMQ broker at {url} ({source}). Check AMQP_URL (it must be \
-         amqp://user:password@host:port/vhost, with the vhost URL-encoded, e.g. %2f for /), and that \
-         a broker is running there: start one with `rabbitmq-server -detached`, or \
-         `docker run -d -p 5672:5672 rabbitmq:3-management`."
-    )]
-    Unreachable { url: String, source: lapin::Error },
+    /// `cause` is shown once, in the message, rather than again as an error source.
+    #[error("cannot connect to the RabbitMQ broker at {url} ({cause}). {hint}", hint = unreachable_hint(cause))]
+    Unreachable { url: String, cause: lapin::Error },
+}
+
+/// What to check, from what the broker (or the network) said.
+fn unreachable_hint(cause: &lapin::Error) -> &'static str {
+    let text = cause.to_string();
+    if text.contains("ACCESS_REFUSED") {
+        "The broker refused the user name or password in AMQP_URL (amqp://user:password@host:port/vhost; \
+         URL-encode special characters in the password)."
+    } else if text.contains("NOT_ALLOWED") {
+        "The vhost in AMQP_URL does not exist or the user may not use it (the vhost is URL-encoded: %2f \
+         for /)."
+    } else {
+        "Check AMQP_URL (it must be amqp://user:password@host:port/vhost, with the vhost URL-encoded, \
+         e.g. %2f for /), and that a broker is running there: start one with `rabbitmq-server -detached`, \
+         or `docker run -d -p 5672:5672 rabbitmq:3-management`."
+    }
 }
 
 /// Connects once; callers that must survive broker restarts loop around this (see `pipeline::supervisor`).
 pub async fn connect(url: &str, connection_name: &str) -> Result<Connection, ConnectError> {
     let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
-    let unreachable = |source| ConnectError::Unreachable {
+    let unreachable = |cause| ConnectError::Unreachable {
         url: redact_url(url),
-        source,
+        cause,
     };
     let mut uri = AMQPUri::from_str(url).map_err(|reason| ConnectError::InvalidUrl {
         url: redact_url(url),

@@ -75,6 +75,25 @@ async fn a_mistyped_broker_url_is_refused_without_printing_its_password() {
 }
 
 #[tokio::test]
+async fn a_wrong_broker_password_is_named_as_such() {
+    let url = amqp_url().await;
+    let Some((_, host)) = url.rsplit_once('@') else {
+        panic!("AMQP_URL without credentials: {url}");
+    };
+    let wrong = format!("amqp://guest:N0t-The-Pw@{host}");
+    let output = cli(&["enqueue", "--sample", "1"], &[("AMQP_URL", wrong.as_str())]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("refused the user name or password"), "{stderr}");
+    assert!(!stderr.contains("N0t-The-Pw"), "{stderr}");
+    assert_eq!(
+        stderr.matches("ACCESS_REFUSED - Login").count(),
+        1,
+        "the cause once: {stderr}"
+    );
+}
+
+#[tokio::test]
 async fn run_without_an_audit_key_refuses_to_start() {
     let output = cli(&["run"], &[("AUDIT_HMAC_KEY", ""), ("HEALTH_ADDR", "127.0.0.1:0")]).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
