@@ -33,8 +33,20 @@ pub async fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
 }
 
 async fn serve(args: RunArgs) -> anyhow::Result<()> {
-    let settings = args.worker.settings(&args.amqp)?;
-    let genesys_config = args.genesys.into_config().context("invalid Genesys configuration")?;
+    // Both checked before either is reported, so one run names every missing setting.
+    let (settings, genesys_config) = match (args.worker.settings(&args.amqp), args.genesys.into_config()) {
+        (Ok(settings), Ok(genesys_config)) => (settings, genesys_config),
+        (settings, genesys_config) => {
+            let mut problems = Vec::new();
+            if let Err(error) = settings {
+                problems.push(error.to_string());
+            }
+            if let Err(error) = genesys_config {
+                problems.push(format!("invalid Genesys configuration: {error}"));
+            }
+            anyhow::bail!("{}", problems.join("\n"));
+        }
+    };
     let genesys = GenesysClient::new(genesys_config).context("cannot build the Genesys client")?;
     let metrics = Metrics::new();
     let readiness = Readiness::default();

@@ -95,10 +95,22 @@ async fn a_wrong_broker_password_is_named_as_such() {
 
 #[tokio::test]
 async fn run_without_an_audit_key_refuses_to_start() {
-    let output = cli(&["run"], &[("AUDIT_HMAC_KEY", ""), ("HEALTH_ADDR", "127.0.0.1:0")]).await;
+    let output = cli(
+        &["run"],
+        &[
+            ("AUDIT_HMAC_KEY", ""),
+            ("GENESYS_INTEGRATION_ID", ""),
+            ("HEALTH_ADDR", "127.0.0.1:0"),
+        ],
+    )
+    .await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("AUDIT_HMAC_KEY"), "{stderr}");
+    assert!(
+        stderr.contains("GENESYS_INTEGRATION_ID"),
+        "every missing setting in one run: {stderr}"
+    );
 }
 
 /// AMQP names are at most 255 bytes; a longer prefix must be refused up front, not make lapin
