@@ -61,7 +61,29 @@ pub fn reason_of(properties: &BasicProperties) -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
+/// Every reason a dead letter of this worker (or the broker's delivery limit) carries.
+fn known_reasons() -> Vec<&'static str> {
+    use crate::pipeline::outcome::{EVENT_UNROUTABLE, GENESYS_REJECTED, RETRIES_EXHAUSTED};
+    let mut reasons: Vec<&str> = crate::request::RejectReason::ALL.iter().map(|r| r.as_str()).collect();
+    reasons.extend([GENESYS_REJECTED, RETRIES_EXHAUSTED, EVENT_UNROUTABLE, "delivery_limit"]);
+    reasons
+}
+
+/// A mistyped `--reason` would silently match nothing: say so (other values still filter, for
+/// dead letters written by other versions).
+fn note_unknown_reason(reason: Option<&str>) {
+    if let Some(reason) = reason
+        && !known_reasons().contains(&reason)
+    {
+        eprintln!(
+            "note: --reason {reason:?} is not a reason this worker writes (known: {})",
+            known_reasons().join(", ")
+        );
+    }
+}
+
 async fn list(args: ListArgs) -> anyhow::Result<()> {
+    note_unknown_reason(args.reason.as_deref());
     let connection = connect(&args.amqp.url, "guest-session-worker dead-letters").await?;
     let topology = Topology::new(&args.amqp.name_prefix);
     let channel = connection.create_channel().await?;
@@ -111,6 +133,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
 }
 
 async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    note_unknown_reason(args.reason.as_deref());
     let connection = connect(&args.amqp.url, "guest-session-worker dead-letters").await?;
     let topology = Topology::new(&args.amqp.name_prefix);
     let channel = connection.create_channel().await?;
