@@ -333,7 +333,8 @@ counts of the worker under the throughput scenario):
 1. **mimalloc as the global allocator.** glibc's `malloc`/`free` took about 14 % of the worker's
    CPU: every message allocates and frees many small buffers on different threads.
 2. **No OpenTelemetry layer without an exporter** (it built and ended seven spans per request for
-   nothing, about 10 % of CPU); the upstream `traceparent`/`tracestate` is passed through instead.
+   nothing, about 10 % of CPU); the upstream `traceparent`/`tracestate` is passed through instead
+   (or a fresh, unsampled one made from two random ids when the request had none).
 3. **The log filter keeps its level hint.** The filter that hides lapin's returned-message bodies
    had no level hint, which made the global maximum level TRACE: every disabled span was still
    checked and lapin formatted a TRACE marker string for every promise. 15 % of the worker's
