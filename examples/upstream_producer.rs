@@ -17,10 +17,10 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use guest_session_worker::amqp::{PublishError, Publisher, Topology, headers, request_message};
+use guest_session_worker::amqp::{PublishError, Publisher, Topology, headers, request_message, tap::declare_exclusive};
 use lapin::{
     Connection,
-    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, QueueDeclareOptions},
+    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions},
     types::FieldTable,
 };
 
@@ -74,21 +74,11 @@ pub async fn request_session(
 ) -> Result<Reply, RequestError> {
     let channel = connection.create_channel().await?;
     // Exclusive and server-named: only this connection reads it, and it vanishes with it.
-    let reply_queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let reply_queue = declare_exclusive(&channel).await?;
     // Consume before publishing, so the reply cannot arrive unseen.
     let mut replies = channel
         .basic_consume(
-            reply_queue.name().clone(),
+            reply_queue.clone(),
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -102,7 +92,7 @@ pub async fn request_session(
     let mut message = request_message(topology, body, trace_headers);
     message.properties = message
         .properties
-        .with_reply_to(reply_queue.name().clone())
+        .with_reply_to(reply_queue.clone())
         .with_correlation_id(correlation_id.as_str().into());
     let publisher = Publisher::open(connection, 1).await?;
     publisher.publish(message).await?;

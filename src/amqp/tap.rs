@@ -25,9 +25,9 @@ pub async fn tap(channel: &Channel, exchange: &str, routing_key: &str, no_ack: b
         .await
 }
 
-/// Declares a fresh exclusive, auto-deleted queue bound to `exchange` with `routing_key`; returns
-/// its name.
-pub async fn bind_exclusive(channel: &Channel, exchange: &str, routing_key: &str) -> Result<ShortString, lapin::Error> {
+/// Declares a fresh server-named, exclusive, auto-deleted queue (only this connection reads it,
+/// and it vanishes with it, e.g. for `reply_to`); returns its name.
+pub async fn declare_exclusive(channel: &Channel) -> Result<ShortString, lapin::Error> {
     let exclusive = QueueDeclareOptions {
         exclusive: true,
         auto_delete: true,
@@ -36,14 +36,21 @@ pub async fn bind_exclusive(channel: &Channel, exchange: &str, routing_key: &str
     let queue = channel
         .queue_declare("".into(), exclusive, FieldTable::default())
         .await?;
+    Ok(queue.name().clone())
+}
+
+/// Declares a fresh exclusive, auto-deleted queue bound to `exchange` with `routing_key`; returns
+/// its name.
+pub async fn bind_exclusive(channel: &Channel, exchange: &str, routing_key: &str) -> Result<ShortString, lapin::Error> {
+    let queue = declare_exclusive(channel).await?;
     channel
         .queue_bind(
-            queue.name().clone(),
+            queue.clone(),
             exchange.into(),
             routing_key.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
         .await?;
-    Ok(queue.name().clone())
+    Ok(queue)
 }

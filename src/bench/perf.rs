@@ -377,12 +377,12 @@ Why the throughput ratio is where it is on this machine: the *floor* line above.
 does only what the contract requires of every request — the broker work (a quorum consume and ack,
 the event through the CRM topic exchange and an audit record into a quorum queue, both with the
 contract's fields and properties, each confirmed) and one HTTP round trip to the simulator — with
-none of the worker's validation, retries, pacing or metrics, reaches only about 0.35–0.45 × the
+none of the worker's validation, retries, pacing or metrics, reaches only about 0.3–0.45 × the
 ceiling here, because every party shares the same two cores: per request the broker does about
 twice the ceiling's work (publishing through a topic exchange alone costs it about 30 µs more per
 message than the ceiling's default exchange), and the HTTP round trip costs the client and the
-simulator about as much CPU again as the ceiling's whole loop. The worker moves about as much as
-that floor. Where the broker and Genesys do not share the worker's cores, the worker's CPU per
+simulator about as much CPU again as the ceiling's whole loop. The worker moves 0.8–1.0 × as much
+as that floor. Where the broker and Genesys do not share the worker's cores, the worker's CPU per
 request (the line above) is what limits a replica.
 ";
 

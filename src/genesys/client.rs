@@ -436,12 +436,8 @@ impl GenesysClient {
                     })
                     // Without an id and a jwt the guest cannot join, and a retry would open another chat.
                     .map_err(|problem| AttemptError {
-                        failure: Failure::Permanent,
-                        status: Some(status),
-                        code: None,
-                        message: format!("HTTP {status}: {problem}"),
                         context_id: hints.correlation_id,
-                        retry_after: None,
+                        ..AttemptError::new(Failure::Permanent, Some(status), format!("HTTP {status}: {problem}"))
                     }),
             };
         }

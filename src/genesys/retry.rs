@@ -55,8 +55,13 @@ pub(crate) struct AttemptError {
 
 impl AttemptError {
     pub fn transient(status: Option<u16>, message: impl Into<String>) -> Self {
+        Self::new(Failure::Transient, status, message)
+    }
+
+    /// An attempt that failed this way, with no error code, context id or `Retry-After`.
+    pub fn new(failure: Failure, status: Option<u16>, message: impl Into<String>) -> Self {
         Self {
-            failure: Failure::Transient,
+            failure,
             status,
             code: None,
             message: message.into(),

@@ -116,11 +116,7 @@ async fn reject(
         outcome: AuditOutcome::Rejected,
         reason: Some(rejection.reason.as_str().to_string()),
         validation_passed: false,
-        pii_blocked: rejection.reason == RejectReason::PiiBlocked,
-        // A request with a personal-data key broke the privacy rules even with consent.
-        privacy_compliant: rejection.consent.is_some_and(|c| c.data_processing)
-            && rejection.reason != RejectReason::PiiBlocked,
-        ..audit_base(rejection.consent, started)
+        ..audit_base(rejection.consent, rejection.reason == RejectReason::PiiBlocked, started)
     };
     let reply = Reply {
         request_id: request_id.as_deref(),
@@ -159,7 +155,7 @@ async fn create(
                 attempts: session.attempts,
                 routing_success: true,
                 validation_passed: true,
-                ..audit_base(Some(request.consent()), started)
+                ..audit_base(Some(request.consent()), false, started)
             };
             let reply = Reply {
                 request_id: Some(request.request_id()),
@@ -245,7 +241,7 @@ async fn create(
                 reason: Some(reason.to_string()),
                 attempts: error.attempts(),
                 validation_passed: true,
-                ..audit_base(Some(request.consent()), started)
+                ..audit_base(Some(request.consent()), false, started)
             };
             let reply = Reply {
                 request_id: Some(request.request_id()),
@@ -332,7 +328,8 @@ async fn publish_traced(
     result
 }
 
-fn audit_base(consent: Option<Consent>, started: Instant) -> AuditRecord {
+/// `privacy_compliant`: consent to data processing given and no personal-data key blocked.
+fn audit_base(consent: Option<Consent>, pii_blocked: bool, started: Instant) -> AuditRecord {
     let consent_given = consent.map(|c| c.data_processing);
     AuditRecord {
         timestamp: AuditRecord::timestamp(Utc::now()),
@@ -346,8 +343,8 @@ fn audit_base(consent: Option<Consent>, started: Instant) -> AuditRecord {
         validation_passed: false,
         consent_data_processing: consent_given,
         consent_marketing: consent.map(|c| c.marketing),
-        pii_blocked: false,
-        privacy_compliant: consent_given == Some(true),
+        pii_blocked,
+        privacy_compliant: consent_given == Some(true) && !pii_blocked,
         trace_id: propagation::current_trace_id(),
     }
 }

@@ -15,16 +15,15 @@ use std::{
 
 use tokio::sync::oneshot;
 
-/// A request waiting for its deadline; ordered by deadline, then by arrival.
+/// A request waiting for its deadline; ordered by deadline (those due together wake together).
 struct Waiting {
     deadline: Instant,
-    seq: u64,
     wake: oneshot::Sender<()>,
 }
 
 impl PartialEq for Waiting {
     fn eq(&self, other: &Self) -> bool {
-        (self.deadline, self.seq) == (other.deadline, other.seq)
+        self.deadline == other.deadline
     }
 }
 
@@ -38,19 +37,13 @@ impl PartialOrd for Waiting {
 
 impl Ord for Waiting {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.deadline, self.seq).cmp(&(other.deadline, other.seq))
+        self.deadline.cmp(&other.deadline)
     }
 }
 
 #[derive(Default)]
-struct Queue {
-    waiting: BinaryHeap<Reverse<Waiting>>,
-    next_seq: u64,
-}
-
-#[derive(Default)]
 struct Timer {
-    queue: Mutex<Queue>,
+    waiting: Mutex<BinaryHeap<Reverse<Waiting>>>,
     /// Signalled when a new earliest deadline arrives.
     earlier: Condvar,
 }
@@ -69,16 +62,16 @@ fn timer() -> Option<&'static Timer> {
 }
 
 fn run(timer: &Timer) {
-    let mut queue = timer.queue.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut queue = timer.waiting.lock().unwrap_or_else(PoisonError::into_inner);
     loop {
         let now = Instant::now();
-        while queue.waiting.peek().is_some_and(|Reverse(w)| w.deadline <= now) {
-            if let Some(Reverse(due)) = queue.waiting.pop() {
+        while queue.peek().is_some_and(|Reverse(w)| w.deadline <= now) {
+            if let Some(Reverse(due)) = queue.pop() {
                 // The request may have gone (client disconnected); nothing to wake then.
                 let _ = due.wake.send(());
             }
         }
-        queue = match queue.waiting.peek().map(|Reverse(w)| w.deadline - now) {
+        queue = match queue.peek().map(|Reverse(w)| w.deadline - now) {
             Some(wait) => {
                 timer
                     .earlier
@@ -103,11 +96,9 @@ pub async fn sleep_until(deadline: tokio::time::Instant) {
     };
     let (wake, woken) = oneshot::channel();
     {
-        let mut queue = timer.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        let seq = queue.next_seq;
-        queue.next_seq += 1;
-        let earliest = queue.waiting.peek().is_none_or(|Reverse(w)| deadline < w.deadline);
-        queue.waiting.push(Reverse(Waiting { deadline, seq, wake }));
+        let mut queue = timer.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let earliest = queue.peek().is_none_or(|Reverse(w)| deadline < w.deadline);
+        queue.push(Reverse(Waiting { deadline, wake }));
         if earliest {
             timer.earlier.notify_one();
         }

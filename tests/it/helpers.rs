@@ -5,7 +5,11 @@ use std::{process::Output, time::Duration};
 
 use futures_util::StreamExt;
 use guest_session_worker::{
-    amqp::{Outgoing, Publisher, Topology, connect, request_message, topology::EVENT_ROUTING_KEY},
+    amqp::{
+        Outgoing, Publisher, Topology, connect, request_message,
+        tap::{bind_exclusive, declare_exclusive},
+        topology::EVENT_ROUTING_KEY,
+    },
     genesys::{GenesysClient, GenesysConfig},
     health::Readiness,
     metrics::Metrics,
@@ -214,41 +218,9 @@ impl TestEnv {
             )
             .await
             .expect("declare observer");
-        self.bind(name, exchange, key).await;
-        self.leftovers.queues.push(name.to_string());
-    }
-
-    /// A server-named, exclusive queue (the broker deletes it with this test's connection), e.g.
-    /// for `reply_to`.
-    pub async fn private_queue(&self) -> String {
-        self.channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("private queue")
-            .name()
-            .to_string()
-    }
-
-    /// A [`Self::private_queue`] bound to `exchange` with `key`: a copy of what is published there,
-    /// as published (a classic queue adds no `x-delivery-count`, as the quorum queues do).
-    pub async fn tap(&self, exchange: &str, key: &str) -> String {
-        let name = self.private_queue().await;
-        self.bind(&name, exchange, key).await;
-        name
-    }
-
-    async fn bind(&self, queue: &str, exchange: &str, key: &str) {
         self.channel
             .queue_bind(
-                queue.into(),
+                name.into(),
                 exchange.into(),
                 key.into(),
                 QueueBindOptions::default(),
@@ -256,6 +228,25 @@ impl TestEnv {
             )
             .await
             .expect("bind observer");
+        self.leftovers.queues.push(name.to_string());
+    }
+
+    /// A server-named, exclusive queue (the broker deletes it with this test's connection), e.g.
+    /// for `reply_to`.
+    pub async fn private_queue(&self) -> String {
+        declare_exclusive(&self.channel)
+            .await
+            .expect("private queue")
+            .to_string()
+    }
+
+    /// A [`Self::private_queue`] bound to `exchange` with `key`: a copy of what is published there,
+    /// as published (a classic queue adds no `x-delivery-count`, as the quorum queues do).
+    pub async fn tap(&self, exchange: &str, key: &str) -> String {
+        bind_exclusive(&self.channel, exchange, key)
+            .await
+            .expect("bind observer")
+            .to_string()
     }
 
     /// Publishes a request body with the usual properties.
