@@ -170,7 +170,8 @@ impl Topology {
     }
 }
 
-fn quorum() -> FieldTable {
+/// Arguments that make a declared queue a quorum queue.
+pub fn quorum() -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
     args

@@ -33,11 +33,18 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use lapin::{Channel, Connection, options::QueueDeclareOptions, types::FieldTable};
+use lapin::{
+    Channel, Connection,
+    options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions},
+    types::{FieldTable, ShortString},
+};
 use tokio::{process::Child, task::JoinHandle, time::Instant};
 
 use crate::{
-    amqp::{ConnectError, PublishError, Publisher, Topology, connect, request_message, topology::EVENT_ROUTING_KEY},
+    amqp::{
+        ConnectError, PublishError, Publisher, Topology, connect, request_message,
+        topology::{EVENT_ROUTING_KEY, quorum},
+    },
     sim::{RunningSim, SimConfig, SimError},
 };
 
@@ -100,6 +107,8 @@ pub struct Lab {
     connection: Connection,
     channel: Channel,
     publisher: Publisher,
+    /// The CRM consumer's queue of [`Lab::observe_queued`] (declared only there).
+    crm_sink: String,
 }
 
 impl Lab {
@@ -116,6 +125,7 @@ impl Lab {
             connection,
             channel,
             publisher,
+            crm_sink: format!("{prefix}crm.session-events"),
         })
     }
 
@@ -139,6 +149,34 @@ impl Lab {
         Ok(())
     }
 
+    /// Waits until some process consumes the request queue and returns when it was seen (within
+    /// a millisecond or so): the point where the ceiling's and the floor's clocks start, after
+    /// their connection and consumer are set up.
+    pub async fn consuming(&self, timeout: Duration) -> Result<Instant, BenchError> {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let queue = self
+                .channel
+                .queue_declare(
+                    self.topology.request_queue.as_str().into(),
+                    passive,
+                    FieldTable::default(),
+                )
+                .await?;
+            if queue.consumer_count() > 0 {
+                return Ok(Instant::now());
+            }
+            if Instant::now() > deadline {
+                return Err(BenchError::Timeout("no worker consumed the request queue".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     /// Counts the created-session events (CRM exchange) and the dead letters (dead-letter
     /// exchange) from now on, each through an exclusive queue of this lab's connection.
     pub async fn observe(&self) -> Result<Outcomes, BenchError> {
@@ -147,19 +185,36 @@ impl Lab {
         Ok(Outcomes { created, dead })
     }
 
-    /// Like [`Lab::observe`], but the observer queues are only bound, never consumed: each count
-    /// is the queue's depth, read every [`DEPTH_POLL`]. The broker then routes and stores every
-    /// message but delivers none, as in the ceiling loop (whose sink queue nobody consumes), and
-    /// this process spends nothing per message.
+    /// Like [`Lab::observe`], but nothing is consumed: each count is a queue's depth, read every
+    /// [`DEPTH_POLL`]. Events go to a durable quorum queue bound to the CRM exchange, as a CRM
+    /// consumer's own queue (`examples/crm_consumer.rs`) and as the ceiling's sink; dead letters
+    /// are counted in the topology's dead-letter queue. The broker then routes and stores every
+    /// message but delivers none, as in the ceiling loop, and this process spends nothing per
+    /// message.
     pub async fn observe_queued(&self) -> Result<Outcomes, BenchError> {
-        let created = self.depth(&self.topology.crm_exchange, EVENT_ROUTING_KEY).await?;
-        let dead = self.depth(&self.topology.dead_letter_exchange, "").await?;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let sink = self.crm_sink.as_str();
+        self.channel.queue_declare(sink.into(), durable, quorum()).await?;
+        self.channel
+            .queue_bind(
+                sink.into(),
+                self.topology.crm_exchange.as_str().into(),
+                EVENT_ROUTING_KEY.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let created = self.depth(sink).await?;
+        let dead = self.depth(&self.topology.dead_letter_queue).await?;
         Ok(Outcomes { created, dead })
     }
 
-    async fn depth(&self, exchange: &str, routing_key: &str) -> Result<Counter, BenchError> {
+    async fn depth(&self, queue: &str) -> Result<Counter, BenchError> {
         let channel = self.connection.create_channel().await?;
-        let name = crate::amqp::tap::bind_exclusive(&channel, exchange, routing_key).await?;
+        let name = ShortString::from(queue);
         let count = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn({
             let count = Arc::clone(&count);
@@ -203,6 +258,10 @@ impl Lab {
 
     /// Deletes the topology and closes the connection (the observer queues go with it).
     pub async fn close(self) {
+        let _ = self
+            .channel
+            .queue_delete(self.crm_sink.as_str().into(), QueueDeleteOptions::default())
+            .await;
         let _ = self.topology.delete(&self.channel).await;
         let _ = self.connection.close(200, "bench done".into()).await;
     }

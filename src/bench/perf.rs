@@ -27,13 +27,16 @@ use lapin::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
         QueueDeclareOptions, QueueDeleteOptions,
     },
-    types::{AMQPValue, FieldTable, LongString},
+    types::FieldTable,
 };
 use tokio::time::Instant;
 
 use super::{BenchError, Lab, WorkerSpec, Workers, cpu, spawn_sim, unique_prefix};
 use crate::{
-    amqp::{Publisher, connect, request_message, topology::EVENT_ROUTING_KEY},
+    amqp::{
+        Publisher, connect, request_message,
+        topology::{EVENT_ROUTING_KEY, quorum},
+    },
     sim::SimConfig,
 };
 
@@ -140,6 +143,8 @@ pub struct PerfReport {
     pub ceiling_cpu: cpu::Share,
     /// CPU per request of the throughput run.
     pub throughput_cpu: cpu::Share,
+    /// The throughput run's worker start-up, before its clock started.
+    pub worker_startup: Duration,
     /// The contract's floor ([`super::floor`]): req/s and CPU per request (`own` holds the loop
     /// and the simulator).
     pub floor_per_sec: f64,
@@ -159,6 +164,7 @@ struct Round {
     ceiling_cpu: cpu::Share,
     throughput: f64,
     throughput_cpu: cpu::Share,
+    worker_startup: Duration,
     floor: f64,
     floor_cpu: cpu::Share,
 }
@@ -186,6 +192,7 @@ impl PerfReport {
             self.ceiling_cpu = median.ceiling_cpu;
             self.throughput_per_sec = median.throughput;
             self.throughput_cpu = median.throughput_cpu;
+            self.worker_startup = median.worker_startup;
             self.floor_per_sec = median.floor;
             self.floor_cpu = median.floor_cpu;
         }
@@ -281,12 +288,15 @@ impl PerfReport {
         format!(
             "\nCPU per message, from `/proc` (the broker's when it runs on this machine): the ceiling loop \
              spends {} in this process and {} in the broker; the worker's throughput run spends {} in the \
-             worker, {} in this process (the simulator and the observers) and {} in the broker{budget}.\n",
+             worker, {} in this process (the simulator and the observers) and {} in the broker{budget}. \
+             The worker's start-up (process, connection, topology, consumer: {} ms) is not in its clock, as \
+             the loops' set-up is not in theirs.\n",
             cpu::micros(self.ceiling_cpu.own),
             cpu::micros(self.ceiling_cpu.broker),
             cpu::micros(thr.worker),
             cpu::micros(thr.own),
             cpu::micros(thr.broker),
+            self.worker_startup.as_millis(),
         )
     }
 }
@@ -318,8 +328,10 @@ the worker as a separate process (`run`, logs at `warn`, no OTLP exporter) again
 same machine as the broker, so the worker, the broker, the simulator and the observers share the
 cores. *Ceiling*: a bare lapin loop (one task publishes, one task per confirm acks) moving the same
 backlog between two quorum queues at the same prefetch. *Throughput*: backlog published first, clock
-from the worker's start until the last `session.created` event is in a queue bound to the CRM
-exchange (its depth is read every 5 ms; like the ceiling's sink, nobody consumes it). *Latency
+from the worker's consumer being registered on the request queue (the loops' clocks also start
+after their set-up) until the last `session.created` event is in a durable quorum queue bound to
+the CRM exchange, as a CRM consumer's own queue (its depth is read every 5 ms; like the ceiling's
+sink, nobody consumes it). *Latency
 scaling*: steady-state rate after the first round trips. *Added latency*: per request, event
 received by a consumer − request published − the simulator's latency. *Memory*: the worker's
 `VmHWM`. Figures move by ±15 % from run to run on this shared 2-core machine (all processes slow
@@ -437,11 +449,14 @@ pub async fn run(options: &PerfOptions, progress: &(dyn Fn(&str) + Sync)) -> Res
             progress(&format!(
                 "round {round}: throughput: worker end to end, simulator at 0 ms"
             ));
-            (this.throughput, this.throughput_cpu) = throughput(options).await?;
+            let measured = throughput(options).await?;
+            (this.throughput, this.throughput_cpu, this.worker_startup) =
+                (measured.rate, measured.cpu, measured.startup);
             let share = this.throughput_cpu;
             progress(&format!(
-                "  {:.0} req/s (CPU per request: worker {}, simulator and observers {}, broker {})",
+                "  {:.0} req/s (worker start-up {} ms; CPU per request: worker {}, simulator and observers {}, broker {})",
                 this.throughput,
+                this.worker_startup.as_millis(),
                 cpu::micros(share.worker),
                 cpu::micros(share.own),
                 cpu::micros(share.broker)
@@ -519,8 +534,6 @@ async fn ceiling(options: &PerfOptions) -> Result<(f64, cpu::Share), BenchError>
     let admin = connection.create_channel().await?;
     let source = format!("{prefix}source");
     let sink = format!("{prefix}sink");
-    let mut quorum = FieldTable::default();
-    quorum.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
     for queue in [&source, &sink] {
         admin
             .queue_declare(
@@ -529,7 +542,7 @@ async fn ceiling(options: &PerfOptions) -> Result<(f64, cpu::Share), BenchError>
                     durable: true,
                     ..Default::default()
                 },
-                quorum.clone(),
+                quorum(),
             )
             .await?;
     }
@@ -671,7 +684,15 @@ async fn wait_for(
     }
 }
 
-async fn throughput(options: &PerfOptions) -> Result<(f64, cpu::Share), BenchError> {
+/// What the throughput scenario measured.
+struct Throughput {
+    rate: f64,
+    cpu: cpu::Share,
+    /// From the worker's process start until it consumed (before the clock).
+    startup: Duration,
+}
+
+async fn throughput(options: &PerfOptions) -> Result<Throughput, BenchError> {
     let config = unthrottled_sim(0);
     let sim = spawn_sim(config.clone()).await?;
     let prefix = unique_prefix(&options.name_prefix, "throughput");
@@ -680,15 +701,23 @@ async fn throughput(options: &PerfOptions) -> Result<(f64, cpu::Share), BenchErr
     lab.enqueue(options.backlog).await?;
     let broker = cpu::local_broker_pid();
     let cpu_before = cpu::Snapshot::now(broker);
-    let started = Instant::now();
+    let spawned = Instant::now();
     let mut workers = Workers::spawn(&spec(options, &sim, &config, &prefix, options.prefetch), 1).await?;
-    let finished = wait_for(
-        || outcomes.created.get(),
-        options.backlog as u64,
-        &mut workers,
-        Duration::from_secs(30),
-    )
-    .await;
+    // As the ceiling's and the floor's clocks, this one starts once the consumer is set up: the
+    // process start, connection and topology declaration are start-up, not throughput.
+    let started = lab.consuming(Duration::from_secs(30)).await;
+    let finished = match started {
+        Ok(_) => {
+            wait_for(
+                || outcomes.created.get(),
+                options.backlog as u64,
+                &mut workers,
+                Duration::from_secs(30),
+            )
+            .await
+        }
+        Err(_) => Ok(Instant::now()),
+    };
     // Read before the workers are stopped: a process's CPU time goes with it.
     let worker_cpu = workers
         .pids()
@@ -703,8 +732,12 @@ async fn throughput(options: &PerfOptions) -> Result<(f64, cpu::Share), BenchErr
     workers.stop().await;
     lab.close().await;
     sim.shutdown().await;
-    let rate = options.backlog as f64 / (finished? - started).as_secs_f64();
-    Ok((rate, share))
+    let started = started?;
+    Ok(Throughput {
+        rate: options.backlog as f64 / (finished? - started).as_secs_f64(),
+        cpu: share,
+        startup: started - spawned,
+    })
 }
 
 async fn scaling(options: &PerfOptions, concurrency: u16) -> Result<f64, BenchError> {
