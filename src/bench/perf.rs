@@ -381,7 +381,19 @@ counts of the worker under the throughput scenario):
    precise timer thread: tokio's millisecond timer wheel ended each simulated call anywhere up to
    1 ms late, an error of the instrument that the added-latency figure billed to the worker
    (p50 2.2 → 1.7 ms).
-10. Kept on purpose although they cost throughput: the event is confirmed before the audit record and
+10. **mimalloc's v2 line** instead of the crate's default v3: in A/B runs of the same code the
+    worker spent about a tenth less CPU per request (v3's cross-thread frees) and 3 MiB less peak RSS.
+11. **The benchmark's event sink is a durable quorum queue**, as a CRM consumer's own queue
+    (`examples/crm_consumer.rs`) and as the ceiling's sink. It was an exclusive classic queue, which
+    the broker confirms message by message: publishing into it cost the client twice the CPU per
+    publish (14–22 µs against 7 µs, measured alone) and the broker more. And the throughput clock
+    starts when the worker's consumer is registered, as the loops' clocks start after their set-up
+    (the worker's start-up, 15–70 ms, is reported apart).
+    (Tried and dropped this round: publishing from each request's task under a mutex instead of
+    through the lane task — less batching, more broker and worker CPU; lane lingering under load,
+    1 ms or four yields — socket writes per request unchanged at 0.8–0.9; one tokio worker thread;
+    1 or 4 publisher lanes — the broker's reductions per request within ±5 %.)
+12. Kept on purpose although they cost throughput: the event is confirmed before the audit record and
     reply are published (one audit record per final outcome even when the event is unroutable), and
     every request waits for its own confirms before its ack.
 
@@ -389,13 +401,17 @@ Why the throughput ratio is where it is on this machine: the *floor* line above.
 does only what the contract requires of every request — the broker work (a quorum consume and ack,
 the event through the CRM topic exchange and an audit record into a quorum queue, both with the
 contract's fields and properties, each confirmed) and one HTTP round trip to the simulator — with
-none of the worker's validation, retries, pacing or metrics, reaches only about 0.3–0.45 × the
-ceiling here, because every party shares the same two cores: per request the broker does about
-twice the ceiling's work (publishing through a topic exchange alone costs it about 30 µs more per
-message than the ceiling's default exchange), and the HTTP round trip costs the client and the
-simulator about as much CPU again as the ceiling's whole loop. The worker moves 0.8–1.0 × as much
-as that floor. Where the broker and Genesys do not share the worker's cores, the worker's CPU per
-request (the line above) is what limits a replica.
+none of the worker's validation, retries, pacing or metrics, reaches only about 0.35–0.46 × the
+ceiling here, because every party shares the same two cores: per request the broker does about 1.7
+times the ceiling's work per message (Erlang reductions: about 2,400 against 1,470; two confirmed
+publishes with the contract's properties instead of one bare one, and a third quorum queue), and the
+HTTP round trip costs the client and the simulator about as much CPU again as the ceiling's whole
+loop. The worker moves 0.9–1.0 × as much as that floor. The ratio also follows the machine's state:
+an hour apart on the same day, with the same code, the worker's and the floor's CPU per request
+rose by a third while the ceiling's hardly changed, and the median ratio fell from 0.45 to 0.37
+(most likely context switches and cross-core wake-ups became dearer on the shared host: the worker
+and the floor have several per request, the ceiling's batched loop few per message). Where the broker and Genesys do not share the worker's cores, the worker's CPU per request
+(the line above) is what limits a replica.
 ";
 
 /// Runs every scenario in turn, reporting progress through `progress`.
