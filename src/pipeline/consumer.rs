@@ -150,6 +150,9 @@ pub async fn consume(
     };
     readiness.set_ready(false);
     let ended_at = Instant::now();
+    // Handlers that finished while the loop waited are not in flight: the counts below would
+    // report them (an idle worker losing its connection logged `abandoned=1`).
+    while in_flight.try_join_next().is_some() {}
 
     match &end {
         SessionEnd::Shutdown => {
