@@ -700,3 +700,40 @@ async fn spawn_reports_a_busy_address() {
     assert!(err.contains("cannot listen"), "{err}");
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn own_thread_simulator_serves_and_stops_with_its_thread() {
+    let threads_named = || {
+        std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|task| {
+                std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == "genesys-sim")
+            })
+            .count()
+    };
+    let before = threads_named();
+    let sim = match sim::spawn_on_own_thread(SimConfig::for_tests()).await {
+        Ok(sim) => sim,
+        Err(e) => panic!("simulator did not start: {e}"),
+    };
+    assert_eq!(threads_named(), before + 1);
+    let client = Client::new();
+    let t = token(&sim, &client).await;
+    let created = send_open(&sim, &client, &t, &open_message("own-thread-1")).await;
+    assert_eq!(created.status(), StatusCode::ACCEPTED);
+    assert_eq!(sim.stats().sessions_created, 1);
+
+    let addr = sim.addr();
+    sim.shutdown().await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the simulator still accepts connections after shutdown"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while threads_named() > before && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(threads_named(), before, "the simulator's thread outlived its shutdown");
+}

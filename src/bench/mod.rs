@@ -298,9 +298,10 @@ impl Outcomes {
     }
 }
 
-/// Starts the Genesys simulator in-process on an ephemeral port.
+/// Starts the Genesys simulator in-process on an ephemeral port, on a thread and runtime of its
+/// own (as a remote Genesys, it does not share the runtime of the loops being measured).
 pub async fn spawn_sim(config: SimConfig) -> Result<RunningSim, BenchError> {
-    Ok(crate::sim::spawn(config).await?)
+    Ok(crate::sim::spawn_on_own_thread(config).await?)
 }
 
 /// How to start each worker process.

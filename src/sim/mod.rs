@@ -91,6 +91,8 @@ pub enum SimError {
     },
     #[error("the Genesys simulator's server failed: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("the Genesys simulator's thread could not start: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// A simulator serving in a tokio task. Dropping it stops the server too (gracefully, without
@@ -101,6 +103,8 @@ pub struct RunningSim {
     state: Arc<SimState>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
+    /// Set by [`spawn_on_own_thread`]: that thread drives the server's runtime until this drops.
+    own_thread: Option<oneshot::Sender<()>>,
 }
 
 /// Binds `config.addr` and serves the simulator in a tokio task.
@@ -163,7 +167,46 @@ pub async fn spawn(config: SimConfig) -> Result<RunningSim, SimError> {
         state,
         stop,
         task,
+        own_thread: None,
     })
+}
+
+/// Like [`spawn`], but served by a current-thread runtime on a thread of its own, as a remote
+/// Genesys would not share the caller's runtime: the benchmarks keep the simulator's tasks off
+/// the threads of the loops they measure. The thread ends once the [`RunningSim`] is shut down
+/// or dropped.
+pub async fn spawn_on_own_thread(config: SimConfig) -> Result<RunningSim, SimError> {
+    let (ready, started) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("genesys-sim".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(source) => {
+                    let _ = ready.send(Err(SimError::Thread(source)));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let (keep, released) = oneshot::channel::<()>();
+                match spawn(config).await {
+                    Ok(mut sim) => {
+                        sim.own_thread = Some(keep);
+                        if ready.send(Ok(sim)).is_ok() {
+                            // Resolves when the RunningSim lets go of `keep`.
+                            let _ = released.await;
+                        }
+                    }
+                    Err(error) => {
+                        let _ = ready.send(Err(error));
+                    }
+                }
+            });
+        })
+        .map_err(SimError::Thread)?;
+    started
+        .await
+        .map_err(|_| SimError::Thread(std::io::Error::other("the simulator thread ended before it served")))?
 }
 
 impl RunningSim {
@@ -210,7 +253,13 @@ impl RunningSim {
 
     /// Stops accepting connections, lets open requests finish (at most 5 s), and waits.
     pub async fn shutdown(self) {
-        let RunningSim { stop, mut task, .. } = self;
+        // `own_thread` is held until the server has stopped: its thread drives the server.
+        let RunningSim {
+            stop,
+            mut task,
+            own_thread,
+            ..
+        } = self;
         let _ = stop.send(());
         match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
             Ok(Ok(Ok(()))) => {}
@@ -221,6 +270,7 @@ impl RunningSim {
                 task.abort();
             }
         }
+        drop(own_thread);
     }
 }
 
