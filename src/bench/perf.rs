@@ -388,7 +388,9 @@ counts of the worker under the throughput scenario):
     the broker confirms message by message: publishing into it cost the client twice the CPU per
     publish (14–22 µs against 7 µs, measured alone) and the broker more. And the throughput clock
     starts when the worker's consumer is registered, as the loops' clocks start after their set-up
-    (the worker's start-up, 15–70 ms, is reported apart).
+    (the worker's start-up, 15–70 ms, is reported apart). The simulator serves from a
+    current-thread runtime on a thread of its own, as a remote Genesys does not share the measured
+    loops' runtime: about 15 % less simulator CPU per request.
     (Tried and dropped this round: publishing from each request's task under a mutex instead of
     through the lane task — less batching, more broker and worker CPU; lane lingering under load,
     1 ms or four yields — socket writes per request unchanged at 0.8–0.9; one tokio worker thread;
@@ -408,7 +410,7 @@ publishes with the contract's properties instead of one bare one, and a third qu
 HTTP round trip costs the client and the simulator about as much CPU again as the ceiling's whole
 loop. The worker moves 0.9–1.0 × as much as that floor. The ratio also follows the machine's state:
 an hour apart on the same day, with the same code, the worker's and the floor's CPU per request
-rose by a third while the ceiling's hardly changed, and the median ratio fell from 0.45 to 0.37
+rose by a third to four fifths while the ceiling's rose by a fifth at most, and the median ratio fell from 0.45 to 0.34–0.37
 (most likely context switches and cross-core wake-ups became dearer on the shared host: the worker
 and the floor have several per request, the ceiling's batched loop few per message). Where the broker and Genesys do not share the worker's cores, the worker's CPU per request
 (the line above) is what limits a replica.
