@@ -170,6 +170,18 @@ impl Topology {
     }
 }
 
+/// A passive declare of `queue`: its depth and consumer count now. It never creates the queue
+/// (an absent one is a channel error).
+pub async fn inspect(channel: &Channel, queue: &str) -> Result<lapin::Queue, lapin::Error> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+}
+
 /// Arguments that make a declared queue a quorum queue.
 pub fn quorum() -> FieldTable {
     let mut args = FieldTable::default();

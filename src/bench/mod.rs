@@ -36,14 +36,14 @@ use futures_util::StreamExt;
 use lapin::{
     Channel, Connection,
     options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions},
-    types::{FieldTable, ShortString},
+    types::FieldTable,
 };
 use tokio::{process::Child, task::JoinHandle, time::Instant};
 
 use crate::{
     amqp::{
         ConnectError, PublishError, Publisher, Topology, connect, request_message,
-        topology::{EVENT_ROUTING_KEY, quorum},
+        topology::{EVENT_ROUTING_KEY, inspect, quorum},
     },
     sim::{RunningSim, SimConfig, SimError},
 };
@@ -153,20 +153,9 @@ impl Lab {
     /// a millisecond or so): the point where the ceiling's and the floor's clocks start, after
     /// their connection and consumer are set up.
     pub async fn consuming(&self, timeout: Duration) -> Result<Instant, BenchError> {
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
         let deadline = Instant::now() + timeout;
         loop {
-            let queue = self
-                .channel
-                .queue_declare(
-                    self.topology.request_queue.as_str().into(),
-                    passive,
-                    FieldTable::default(),
-                )
-                .await?;
+            let queue = inspect(&self.channel, &self.topology.request_queue).await?;
             if queue.consumer_count() > 0 {
                 return Ok(Instant::now());
             }
@@ -214,21 +203,14 @@ impl Lab {
 
     async fn depth(&self, queue: &str) -> Result<Counter, BenchError> {
         let channel = self.connection.create_channel().await?;
-        let name = ShortString::from(queue);
+        let name = queue.to_string();
         let count = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn({
             let count = Arc::clone(&count);
             async move {
-                let passive = QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                };
                 loop {
                     tokio::time::sleep(DEPTH_POLL).await;
-                    match channel
-                        .queue_declare(name.clone(), passive, FieldTable::default())
-                        .await
-                    {
+                    match inspect(&channel, &name).await {
                         Ok(queue) => count.store(u64::from(queue.message_count()), Ordering::Relaxed),
                         Err(_) => break,
                     }
@@ -256,7 +238,8 @@ impl Lab {
         Ok(Counter { count, task })
     }
 
-    /// Deletes the topology and closes the connection (the observer queues go with it).
+    /// Deletes the topology and the CRM sink and closes the connection (the exclusive observer
+    /// queues go with it).
     pub async fn close(self) {
         let _ = self
             .channel

@@ -4,12 +4,14 @@ use anyhow::Context;
 use lapin::{
     BasicProperties, Channel,
     message::BasicGetMessage,
-    options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions},
-    types::FieldTable,
+    options::{BasicAckOptions, BasicGetOptions, BasicNackOptions},
 };
 
 use crate::{
-    amqp::{AmqpArgs, Outgoing, Publisher, Topology, connect, headers, topology::REQUEST_ROUTING_KEY},
+    amqp::{
+        AmqpArgs, Outgoing, Publisher, Topology, connect, headers,
+        topology::{REQUEST_ROUTING_KEY, inspect},
+    },
     pipeline::dead_letter::{self, properties_for_replay},
 };
 
@@ -196,22 +198,12 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
 
 /// How many messages the dead queue holds now (a passive declare: it never creates the queue).
 async fn depth(channel: &Channel, topology: &Topology) -> anyhow::Result<usize> {
-    let queue = channel
-        .queue_declare(
-            topology.dead_letter_queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
+    let queue = inspect(channel, &topology.dead_letter_queue).await.with_context(|| {
+        format!(
+            "cannot find the dead-letter queue '{}' (has a worker declared it?)",
+            topology.dead_letter_queue
         )
-        .await
-        .with_context(|| {
-            format!(
-                "cannot find the dead-letter queue '{}' (has a worker declared it?)",
-                topology.dead_letter_queue
-            )
-        })?;
+    })?;
     Ok(usize::try_from(queue.message_count()).unwrap_or(usize::MAX))
 }
 
