@@ -39,6 +39,7 @@ use lapin::{
     types::FieldTable,
 };
 use tokio::{process::Child, task::JoinHandle, time::Instant};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     amqp::{
@@ -99,6 +100,9 @@ pub fn unique_prefix(base: &str, family: &str) -> String {
     format!("{base}bench-{family}-{}.", &id[..10])
 }
 
+/// Bound on [`Lab::close`] waiting for its observers to close their channels.
+const OBSERVERS_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The broker side of one scenario: topology, backlog, observers. Call [`Lab::close`] at the end:
 /// it deletes everything the scenario declared.
 pub struct Lab {
@@ -109,6 +113,11 @@ pub struct Lab {
     publisher: Publisher,
     /// The CRM consumer's queue of [`Lab::observe_queued`] (declared only there).
     crm_sink: String,
+    /// The observer tasks, stopped by [`Lab::close`] before it deletes the queues they read (a
+    /// depth poll of a deleted queue makes the broker close its channel, which lapin logs as an
+    /// error).
+    observers: TaskTracker,
+    stop_observing: CancellationToken,
 }
 
 impl Lab {
@@ -126,6 +135,8 @@ impl Lab {
             channel,
             publisher,
             crm_sink: format!("{prefix}crm.session-events"),
+            observers: TaskTracker::new(),
+            stop_observing: CancellationToken::new(),
         })
     }
 
@@ -205,16 +216,22 @@ impl Lab {
         let channel = self.connection.create_channel().await?;
         let name = queue.to_string();
         let count = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn({
+        let stop = self.stop_observing.clone();
+        let task = self.observers.spawn({
             let count = Arc::clone(&count);
             async move {
                 loop {
-                    tokio::time::sleep(DEPTH_POLL).await;
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(DEPTH_POLL) => {}
+                    }
                     match inspect(&channel, &name).await {
                         Ok(queue) => count.store(u64::from(queue.message_count()), Ordering::Relaxed),
-                        Err(_) => break,
+                        Err(_) => return,
                     }
                 }
+                // The answer to the last poll has arrived when the close-ok does.
+                let _ = channel.close(200, "observer done".into()).await;
             }
         });
         Ok(Counter { count, task })
@@ -224,23 +241,35 @@ impl Lab {
         let channel = self.connection.create_channel().await?;
         let mut consumer = crate::amqp::tap(&channel, exchange, routing_key, true).await?;
         let count = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn({
+        let stop = self.stop_observing.clone();
+        let task = self.observers.spawn({
             let count = Arc::clone(&count);
             async move {
-                // The channel lives as long as this task: dropping it would stop the consumer.
-                let _channel = channel;
                 // no_ack: the broker forgets each message once delivered; we only count them.
-                while let Some(Ok(_)) = consumer.next().await {
-                    count.fetch_add(1, Ordering::Relaxed);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        delivery = consumer.next() => match delivery {
+                            Some(Ok(_)) => {
+                                count.fetch_add(1, Ordering::Relaxed);
+                            }
+                            _ => return,
+                        },
+                    }
                 }
+                // The channel lives as long as this task: closing it ends the consumer.
+                let _ = channel.close(200, "observer done".into()).await;
             }
         });
         Ok(Counter { count, task })
     }
 
-    /// Deletes the topology and the CRM sink and closes the connection (the exclusive observer
-    /// queues go with it).
+    /// Stops the observers, deletes the topology and the CRM sink and closes the connection (the
+    /// exclusive observer queues go with it).
     pub async fn close(self) {
+        self.stop_observing.cancel();
+        self.observers.close();
+        let _ = tokio::time::timeout(OBSERVERS_STOP_TIMEOUT, self.observers.wait()).await;
         let _ = self
             .channel
             .queue_delete(self.crm_sink.as_str().into(), QueueDeleteOptions::default())

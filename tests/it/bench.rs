@@ -3,6 +3,16 @@
 
 use crate::helpers::{amqp_url, cli, unique_prefix};
 
+/// A run where nothing failed logs no errors: its own teardown (observers stopped before their
+/// queues are deleted) must not make the broker close channels under it.
+fn assert_quiet(stderr: &str) {
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains("\"level\":\"ERROR\""))
+        .collect();
+    assert!(errors.is_empty(), "a clean run logged errors:\n{}", errors.join("\n"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_smoke_run_exits_zero_and_writes_its_table() {
     let url = amqp_url().await;
@@ -18,11 +28,16 @@ async fn rate_limit_smoke_run_exits_zero_and_writes_its_table() {
             "--output",
             path.to_str().expect("UTF-8 temp path"),
         ],
-        &[("AMQP_URL", &url), ("AMQP_NAME_PREFIX", &unique_prefix())],
+        &[
+            ("AMQP_URL", &url),
+            ("AMQP_NAME_PREFIX", &unique_prefix()),
+            ("LOG_FORMAT", "json"),
+        ],
     )
     .await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "bench failed: {stderr}");
+    assert_quiet(&stderr);
     let table = std::fs::read_to_string(&path).expect("the table was written");
     assert!(table.contains("kept as is"), "{table}");
     assert!(table.contains("## Rate limits"), "{table}");
@@ -47,11 +62,16 @@ async fn perf_smoke_run_exits_zero_and_writes_its_table() {
             "--output",
             path.to_str().expect("UTF-8 temp path"),
         ],
-        &[("AMQP_URL", &url), ("AMQP_NAME_PREFIX", &unique_prefix())],
+        &[
+            ("AMQP_URL", &url),
+            ("AMQP_NAME_PREFIX", &unique_prefix()),
+            ("LOG_FORMAT", "json"),
+        ],
     )
     .await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "bench failed: {stderr}");
+    assert_quiet(&stderr);
     let table = std::fs::read_to_string(&path).expect("the table was written");
     for row in [
         "## Performance",
