@@ -395,9 +395,20 @@ counts of the worker under the throughput scenario):
     through the lane task — less batching, more broker and worker CPU; lane lingering under load,
     1 ms or four yields — socket writes per request unchanged at 0.8–0.9; one tokio worker thread;
     1 or 4 publisher lanes — the broker's reductions per request within ±5 %.)
-12. Kept on purpose although they cost throughput: the event is confirmed before the audit record and
-    reply are published (one audit record per final outcome even when the event is unroutable), and
-    every request waits for its own confirms before its ack.
+12. Kept on purpose: the event is confirmed before the audit record and reply are published (one
+    audit record per final outcome even when the event is unroutable), and every request waits for
+    its own confirms before its ack. Measured: publishing the event and the audit record in one
+    batch instead moved 1 % more requests (A/B, alternating runs), within the noise; the second
+    round trip is cheap because the lanes batch it with other requests' publishes.
+13. Tried and dropped in the last round (A/B runs of one build, alternating, medians): HTTP/2
+    without TLS (h2c) between the worker and the simulator, one multiplexed connection instead of
+    256 — 3 % fewer requests per second (hyper's HTTP/2 costs what HTTP/1.1's per-connection tasks
+    did); a connection of its own for the publisher lanes — 4 % more, within the run-to-run noise;
+    a current-thread runtime for the worker — fewer (one core for everything but lapin's I/O
+    thread); reqwest without proxy lookup, timeouts or default headers — no change. Measured alone,
+    one HTTP call costs reqwest 36–43 µs and the simulator 18–23 µs of CPU at 256 in flight here:
+    about a sixth of all the CPU a request takes on this machine, and what a remote Genesys would
+    not take from the worker's cores.
 
 Why the throughput ratio is where it is on this machine: the *floor* line above. A bare loop that
 does only what the contract requires of every request — the broker work (a quorum consume and ack,
@@ -410,7 +421,7 @@ publishes with the contract's properties instead of one bare one, and a third qu
 HTTP round trip costs the client and the simulator about as much CPU again as the ceiling's whole
 loop. The worker moves 0.9–1.0 × as much as that floor. The ratio also follows the machine's state:
 an hour apart on the same day, with the same code, the worker's and the floor's CPU per request
-rose by a third to four fifths while the ceiling's rose by a fifth at most, and the median ratio fell from 0.45 to 0.34–0.37
+rose by a third to four fifths while the ceiling's rose by a fifth at most, and the median ratio fell from 0.45 to 0.30–0.37
 (most likely context switches and cross-core wake-ups became dearer on the shared host: the worker
 and the floor have several per request, the ceiling's batched loop few per message). Where the broker and Genesys do not share the worker's cores, the worker's CPU per request
 (the line above) is what limits a replica.
