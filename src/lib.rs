@@ -20,7 +20,8 @@
 //! - [`metrics`], [`health`]: Prometheus metrics and the `/healthz`, `/readyz`, `/metrics` endpoint.
 //! - [`audit`]: compliance records with a keyed pseudonym of the guest id.
 //! - [`sim`]: a Genesys Cloud simulator (a real HTTP server) used by the demo, tests and benchmarks.
-//! - [`bench`]: benchmarks with real worker processes against the local broker (`bench rate-limit`).
+//! - [`bench`]: benchmarks with real worker processes against the local broker (`bench`: `perf`, then
+//!   `rate-limit`).
 //! - [`cli`]: the `guest-session-worker` subcommands (`run`, `demo`, `sim`, `enqueue`, `dead-letters`, `bench`).
 //! - [`config`]: settings shared by the subcommands, each read from a flag or its env var.
 

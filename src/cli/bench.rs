@@ -15,6 +15,35 @@ use crate::{
     telemetry::{LogFormat, Telemetry},
 };
 
+/// `bench` alone runs every family in turn (perf, then rate-limit), each rewriting its own section
+/// of the same file: one command regenerates BENCHMARKS.md.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// The options every family takes (and `bench` alone passes on to each).
+#[derive(clap::Args, Clone)]
+pub struct CommonArgs {
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    /// A tiny run of a few seconds per family (CI): one replica, small quotas and backlogs;
+    /// figures are not judged.
+    #[arg(long)]
+    pub smoke: bool,
+    /// The Markdown file whose section of each family run is (re)written.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    pub output: PathBuf,
+    /// Exit non-zero when a target is missed (always when a request is lost), after every family
+    /// asked for has run.
+    #[arg(long)]
+    pub check: bool,
+}
+
 #[derive(clap::Subcommand)]
 pub enum BenchCommand {
     /// One Genesys quota shared by 1 or N worker processes: goodput, 429s, dead letters, and a
@@ -28,16 +57,7 @@ pub enum BenchCommand {
 #[derive(clap::Args)]
 pub struct PerfArgs {
     #[command(flatten)]
-    pub amqp: AmqpArgs,
-    /// A tiny run of a few seconds (CI); figures are not judged.
-    #[arg(long)]
-    pub smoke: bool,
-    /// The Markdown file whose performance section is (re)written.
-    #[arg(long, default_value = "BENCHMARKS.md")]
-    pub output: PathBuf,
-    /// Exit non-zero when a target is missed.
-    #[arg(long)]
-    pub check: bool,
+    pub common: CommonArgs,
     /// The worker executable (default: this one).
     #[arg(long)]
     pub worker_exe: Option<PathBuf>,
@@ -46,25 +66,20 @@ pub struct PerfArgs {
     pub only: Option<perf::Scenario>,
 }
 
+/// `bench rate-limit`'s lines when none are asked for.
+const DEFAULT_REPLICAS: [usize; 2] = [1, 3];
+const DEFAULT_SCENARIOS: [Scenario; 2] = [Scenario::Steady, Scenario::Storm];
+
 #[derive(clap::Args)]
 pub struct RateLimitArgs {
     #[command(flatten)]
-    pub amqp: AmqpArgs,
+    pub common: CommonArgs,
     /// Worker processes per scenario, comma-separated (each count is one line of the table).
-    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 3])]
+    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_REPLICAS)]
     pub replicas: Vec<usize>,
     /// Scenarios to run, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Steady, Scenario::Storm])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = DEFAULT_SCENARIOS)]
     pub scenario: Vec<Scenario>,
-    /// A tiny run of a few seconds (CI): one replica, small quota and windows; targets not judged.
-    #[arg(long)]
-    pub smoke: bool,
-    /// The Markdown file whose rate-limit section is (re)written.
-    #[arg(long, default_value = "BENCHMARKS.md")]
-    pub output: PathBuf,
-    /// Exit non-zero when a target of the issue is missed (always when a request is lost).
-    #[arg(long)]
-    pub check: bool,
     /// Calls per window of the simulated quota.
     #[arg(long)]
     pub quota: Option<u32>,
@@ -79,26 +94,52 @@ pub struct RateLimitArgs {
     pub worker_exe: Option<PathBuf>,
 }
 
-pub async fn run(command: BenchCommand, log_format: LogFormat) -> anyhow::Result<()> {
+pub async fn run(args: BenchArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let telemetry = Telemetry::init(log_format, "warn")?;
-    let result = match command {
-        BenchCommand::RateLimit(args) => rate_limit(args).await,
-        BenchCommand::Perf(args) => perf(args).await,
+    let result = match args.command {
+        Some(BenchCommand::RateLimit(args)) => rate_limit(args).await,
+        Some(BenchCommand::Perf(args)) => perf(args).await,
+        None => every_family(args.common).await,
     };
     telemetry.shutdown();
     result
 }
 
+/// `perf`, then `rate-limit` with their default scenarios; a failed or missed family does not
+/// keep the next one from running (and rewriting its section).
+async fn every_family(common: CommonArgs) -> anyhow::Result<()> {
+    let perf_result = perf(PerfArgs {
+        common: common.clone(),
+        worker_exe: None,
+        only: None,
+    })
+    .await;
+    if let Err(error) = &perf_result {
+        eprintln!("error: {error:#}; running the rate-limit benchmark anyway");
+    }
+    let rate_limit_result = rate_limit(RateLimitArgs {
+        common,
+        replicas: DEFAULT_REPLICAS.to_vec(),
+        scenario: DEFAULT_SCENARIOS.to_vec(),
+        quota: None,
+        window_secs: None,
+        latency_ms: None,
+        worker_exe: None,
+    })
+    .await;
+    perf_result.and(rate_limit_result)
+}
+
 async fn rate_limit(args: RateLimitArgs) -> anyhow::Result<()> {
-    let mut options = if args.smoke {
-        RateLimitOptions::smoke(args.amqp.url.clone())
+    let mut options = if args.common.smoke {
+        RateLimitOptions::smoke(args.common.amqp.url.clone())
     } else {
-        RateLimitOptions::standard(args.amqp.url.clone())
+        RateLimitOptions::standard(args.common.amqp.url.clone())
     };
-    options.name_prefix = args.amqp.name_prefix.clone();
+    options.name_prefix = args.common.amqp.name_prefix.clone();
     options.worker_exe = args.worker_exe;
     options.scenarios = args.scenario;
-    if !args.smoke || args.replicas != [1, 3] {
+    if !args.common.smoke || args.replicas != DEFAULT_REPLICAS {
         options.replicas = args.replicas;
     }
     anyhow::ensure!(
@@ -118,7 +159,7 @@ async fn rate_limit(args: RateLimitArgs) -> anyhow::Result<()> {
     if let Some(ms) = args.latency_ms {
         options.latency_ms = ms;
     }
-    if !args.smoke && cfg!(debug_assertions) {
+    if !args.common.smoke && cfg!(debug_assertions) {
         eprintln!("note: a debug build; run `cargo run --release -- bench rate-limit` for figures worth quoting");
     }
 
@@ -126,29 +167,29 @@ async fn rate_limit(args: RateLimitArgs) -> anyhow::Result<()> {
         .await
         .context("the rate-limit benchmark could not run")?;
     let markdown = report.markdown();
-    bench::write_section(&args.output, rate_limit::SECTION, &markdown)?;
+    bench::write_section(&args.common.output, rate_limit::SECTION, &markdown)?;
     println!("{markdown}");
-    eprintln!("wrote the rate-limit section of {}", args.output.display());
+    eprintln!("wrote the rate-limit section of {}", args.common.output.display());
     anyhow::ensure!(
         report.nothing_lost(),
         "requests were lost or dead-lettered (see the table)"
     );
-    if args.check {
+    if args.common.check {
         anyhow::ensure!(report.targets_met(), "a target was missed (see the table)");
     }
     Ok(())
 }
 
 async fn perf(args: PerfArgs) -> anyhow::Result<()> {
-    let mut options = if args.smoke {
-        PerfOptions::smoke(args.amqp.url.clone())
+    let mut options = if args.common.smoke {
+        PerfOptions::smoke(args.common.amqp.url.clone())
     } else {
-        PerfOptions::standard(args.amqp.url.clone())
+        PerfOptions::standard(args.common.amqp.url.clone())
     };
-    options.name_prefix = args.amqp.name_prefix.clone();
+    options.name_prefix = args.common.amqp.name_prefix.clone();
     options.worker_exe = args.worker_exe;
     options.only = args.only;
-    if !args.smoke && cfg!(debug_assertions) {
+    if !args.common.smoke && cfg!(debug_assertions) {
         eprintln!("note: a debug build; run `cargo run --release -- bench perf` for figures worth quoting");
     }
     let report = perf::run(&options, &|line| eprintln!("{line}"))
@@ -158,10 +199,10 @@ async fn perf(args: PerfArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let markdown = report.markdown(&machine_line());
-    bench::write_section(&args.output, perf::SECTION, &markdown)?;
+    bench::write_section(&args.common.output, perf::SECTION, &markdown)?;
     println!("{markdown}");
-    eprintln!("wrote the performance section of {}", args.output.display());
-    if args.check {
+    eprintln!("wrote the performance section of {}", args.common.output.display());
+    if args.common.check {
         anyhow::ensure!(
             report.targets().iter().all(|(_, _, met)| *met),
             "a target was missed (see the table)"

@@ -42,9 +42,9 @@ pub enum Command {
     /// Inspect and replay dead letters.
     #[command(subcommand)]
     DeadLetters(dead_letters::DeadLettersCommand),
-    /// Benchmarks against the local broker (`bench rate-limit`); results go to BENCHMARKS.md.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    /// Benchmarks against the local broker: `bench` runs them all, `bench perf` and `bench
+    /// rate-limit` one family; results go to BENCHMARKS.md.
+    Bench(bench::BenchArgs),
 }
 
 pub fn main() -> ExitCode {

@@ -1,4 +1,4 @@
-//! The benchmarks' smoke runs (`bench rate-limit --smoke`, `bench perf --smoke`): they run end to end
+//! The benchmarks' smoke runs (`bench rate-limit --smoke`, `bench --smoke`): they run end to end
 //! (simulator, worker processes, broker) and write their tables where told, never to BENCHMARKS.md.
 
 use crate::helpers::{amqp_url, cli, unique_prefix};
@@ -47,21 +47,16 @@ async fn rate_limit_smoke_run_exits_zero_and_writes_its_table() {
     std::fs::remove_dir_all(&dir).expect("temp dir removed");
 }
 
-/// `bench perf --smoke`: every scenario runs for a moment and the table lands where it is told.
+/// `bench --smoke` (no family named): every family runs, perf then rate-limit, each scenario for a
+/// moment, and both sections land where they are told.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn perf_smoke_run_exits_zero_and_writes_its_table() {
+async fn bench_smoke_run_exits_zero_and_writes_every_section() {
     let url = amqp_url().await;
     let dir = std::env::temp_dir().join(format!("gsw-perf-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("BENCHMARKS.md");
     let output = cli(
-        &[
-            "bench",
-            "perf",
-            "--smoke",
-            "--output",
-            path.to_str().expect("UTF-8 temp path"),
-        ],
+        &["bench", "--smoke", "--output", path.to_str().expect("UTF-8 temp path")],
         &[
             ("AMQP_URL", &url),
             ("AMQP_NAME_PREFIX", &unique_prefix()),
@@ -83,6 +78,10 @@ async fn perf_smoke_run_exits_zero_and_writes_its_table() {
         "What we changed",
         // Where the CPU went; the worker's share is read from its live process.
         "µs in the worker",
+        // The rate-limit family ran after it, into the same file.
+        "## Rate limits",
+        "| steady backlog | 1 |",
+        "| 429 storm | 1 |",
     ] {
         assert!(table.contains(row), "missing {row}: {table}");
     }
