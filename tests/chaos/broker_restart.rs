@@ -90,10 +90,11 @@ async fn broker_restart_and_heartbeat_loss_during_load_lose_nothing_and_consumin
     );
     eprintln!("frozen broker: consuming again {:?} after the thaw", back.elapsed());
     world.reconnect().await;
-    finish(&world, &worker, restart_ids.len() + freeze_ids.len()).await;
-
-    let (status, _) = worker.terminate(Duration::from_secs(30)).await;
-    assert_eq!(status.code(), Some(0));
+    world
+        .finish_and_stop(worker, restart_ids.len() + freeze_ids.len(), || {
+            world.spawn_worker_with(&env)
+        })
+        .await;
     let outcomes = world.outcomes().await;
     let all: Vec<String> = restart_ids.into_iter().chain(freeze_ids).collect();
     let missing = outcomes.missing(&all);

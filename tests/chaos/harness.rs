@@ -241,6 +241,35 @@ impl World {
         self.count(&self.events_queue).await + self.count(&self.topology.dead_letter_queue).await
     }
 
+    /// Waits until `total` outcomes are in and the request queue is empty, then stops `worker`
+    /// gracefully (the exit must be clean). After lost sessions the outcome count includes redone
+    /// requests' duplicates, so it can be reached while the last requests are still in the worker:
+    /// in flight (the stop finishes them) or prefetched and not started (the stop returns them to
+    /// the queue). Then a fresh worker from `respawn` takes those, up to three times.
+    pub async fn finish_and_stop<F, Fut>(&self, mut worker: WorkerProcess, total: usize, respawn: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = WorkerProcess>,
+    {
+        for stop in 1..=3 {
+            let done = eventually(Duration::from_secs(180), || async {
+                self.settled().await as usize >= total && self.count(&self.topology.request_queue).await == 0
+            })
+            .await;
+            assert!(done, "the load did not finish; log:\n{}", worker.log_tail());
+            let (status, _) = worker.terminate(Duration::from_secs(30)).await;
+            assert_eq!(status.code(), Some(0), "exit status {status:?}");
+            let returned = self.count(&self.topology.request_queue).await;
+            if returned == 0 {
+                return;
+            }
+            assert!(stop < 3, "{returned} requests still queued after three graceful stops");
+            eprintln!("the graceful stop returned {returned} prefetched requests; a fresh worker takes them");
+            worker = respawn().await;
+            worker.wait_ready(Duration::from_secs(20)).await;
+        }
+    }
+
     /// Reads (and acks) every message now in the CRM and dead-letter queues.
     pub async fn outcomes(&self) -> Outcomes {
         let mut outcomes = Outcomes::default();

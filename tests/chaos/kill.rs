@@ -35,14 +35,9 @@ async fn every_request_ends_with_an_outcome_across_three_kill_9s() {
         worker.wait_ready(Duration::from_secs(20)).await;
     }
 
-    let done = eventually(Duration::from_secs(180), || async {
-        world.settled().await as usize >= REQUESTS && world.count(&world.topology.request_queue).await == 0
-    })
-    .await;
-    assert!(done, "the load did not finish; log:\n{}", worker.log_tail());
-    // A graceful stop settles whatever is still in flight (a duplicate copy being acked, say).
-    let (status, _) = worker.terminate(Duration::from_secs(30)).await;
-    assert!(status.success(), "exit status {status:?}");
+    world
+        .finish_and_stop(worker, REQUESTS, || world.spawn_worker(CONCURRENCY, 25))
+        .await;
 
     let outcomes = world.outcomes().await;
     let missing = outcomes.missing(&ids);
