@@ -216,22 +216,16 @@ impl Lab {
         let channel = self.connection.create_channel().await?;
         let name = queue.to_string();
         let count = Arc::new(AtomicU64::new(0));
-        let stop = self.stop_observing.clone();
-        let task = self.observers.spawn({
+        let task = self.spawn_observer(channel.clone(), {
             let count = Arc::clone(&count);
             async move {
                 loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(DEPTH_POLL) => {}
-                    }
+                    tokio::time::sleep(DEPTH_POLL).await;
                     match inspect(&channel, &name).await {
                         Ok(queue) => count.store(u64::from(queue.message_count()), Ordering::Relaxed),
-                        Err(_) => return,
+                        Err(_) => break,
                     }
                 }
-                // The answer to the last poll has arrived when the close-ok does.
-                let _ = channel.close(200, "observer done".into()).await;
             }
         });
         Ok(Counter { count, task })
@@ -241,27 +235,29 @@ impl Lab {
         let channel = self.connection.create_channel().await?;
         let mut consumer = crate::amqp::tap(&channel, exchange, routing_key, true).await?;
         let count = Arc::new(AtomicU64::new(0));
-        let stop = self.stop_observing.clone();
-        let task = self.observers.spawn({
+        let task = self.spawn_observer(channel, {
             let count = Arc::clone(&count);
             async move {
                 // no_ack: the broker forgets each message once delivered; we only count them.
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        delivery = consumer.next() => match delivery {
-                            Some(Ok(_)) => {
-                                count.fetch_add(1, Ordering::Relaxed);
-                            }
-                            _ => return,
-                        },
-                    }
+                while let Some(Ok(_)) = consumer.next().await {
+                    count.fetch_add(1, Ordering::Relaxed);
                 }
-                // The channel lives as long as this task: closing it ends the consumer.
-                let _ = channel.close(200, "observer done".into()).await;
             }
         });
         Ok(Counter { count, task })
+    }
+
+    /// Runs an observer until it ends or [`Lab::close`] stops it, then closes its channel (which
+    /// ends a consumer; and the close-ok comes after the answer to a poll still in flight).
+    fn spawn_observer(&self, channel: Channel, observe: impl Future<Output = ()> + Send + 'static) -> JoinHandle<()> {
+        let stop = self.stop_observing.clone();
+        self.observers.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = observe => {}
+            }
+            let _ = channel.close(200, "observer done".into()).await;
+        })
     }
 
     /// Stops the observers, deletes the topology and the CRM sink and closes the connection (the

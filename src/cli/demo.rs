@@ -17,7 +17,7 @@ use crate::{
     genesys::{GenesysClient, GenesysConfig},
     health::Readiness,
     metrics::Metrics,
-    pipeline::{Worker, WorkerSettings, dead_letter, event::SessionCreatedEvent},
+    pipeline::{Worker, WorkerSettings, event::SessionCreatedEvent},
     request::ValidationPolicy,
     sim::{self, SimConfig},
     telemetry::{LogFormat, Telemetry},
@@ -141,7 +141,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             Some(Ok(delivery)) = dead.next() => {
                 let _ = delivery.acker.ack(Default::default()).await;
                 let id = delivery.properties.message_id().as_ref().map(|m| m.to_string()).unwrap_or_default();
-                let reason = crate::amqp::headers::get_str(delivery.properties.headers().as_ref(), dead_letter::KIND).unwrap_or_else(|| "unknown".into());
+                let reason = super::dead_letters::reason_of(&delivery.properties);
                 (id, reason)
             }
         };
@@ -197,8 +197,7 @@ async fn follow(events: &mut lapin::Consumer, dead: &mut lapin::Consumer) {
             }
             Some(Ok(delivery)) = dead.next() => {
                 let _ = delivery.acker.ack(Default::default()).await;
-                let reason = crate::amqp::headers::get_str(delivery.properties.headers().as_ref(), dead_letter::KIND)
-                    .unwrap_or_else(|| "unknown".into());
+                let reason = super::dead_letters::reason_of(&delivery.properties);
                 *dead_by_reason.entry(reason).or_default() += 1;
                 changed = true;
             }

@@ -55,7 +55,7 @@ async fn broker_restart_and_heartbeat_loss_during_load_lose_nothing_and_consumin
     );
     eprintln!("broker restart: consuming again {:?} after start_app", back.elapsed());
     world.reconnect().await;
-    finish(&world, &worker, restart_ids.len()).await;
+    world.wait_finished(&worker, restart_ids.len()).await;
 
     // 2. Freeze: no error, no close, just silence.
     let freeze_ids = request_ids("freeze", 400);
@@ -108,13 +108,4 @@ async fn broker_restart_and_heartbeat_loss_during_load_lose_nothing_and_consumin
     assert!(duplicated.len() <= 2 * prefetch, "{duplicated:?}");
     world.cleanup().await;
     drop(node);
-}
-
-/// Waits until `total` requests have an outcome and the request queue is empty.
-async fn finish(world: &World, worker: &WorkerProcess, total: usize) {
-    let done = eventually(Duration::from_secs(120), || async {
-        world.settled().await as usize >= total && world.count(&world.topology.request_queue).await == 0
-    })
-    .await;
-    assert!(done, "the load did not finish; log:\n{}", worker.log_tail());
 }

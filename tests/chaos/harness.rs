@@ -241,6 +241,16 @@ impl World {
         self.count(&self.events_queue).await + self.count(&self.topology.dead_letter_queue).await
     }
 
+    /// Waits until `total` outcomes are in and the request queue is empty (the worker may still
+    /// hold the last requests: see [`World::finish_and_stop`]).
+    pub async fn wait_finished(&self, worker: &WorkerProcess, total: usize) {
+        let done = eventually(Duration::from_secs(180), || async {
+            self.settled().await as usize >= total && self.count(&self.topology.request_queue).await == 0
+        })
+        .await;
+        assert!(done, "the load did not finish; log:\n{}", worker.log_tail());
+    }
+
     /// Waits until `total` outcomes are in and the request queue is empty, then stops `worker`
     /// gracefully (the exit must be clean). After lost sessions the outcome count includes redone
     /// requests' duplicates, so it can be reached while the last requests are still in the worker:
@@ -252,11 +262,7 @@ impl World {
         Fut: std::future::Future<Output = WorkerProcess>,
     {
         for stop in 1..=3 {
-            let done = eventually(Duration::from_secs(180), || async {
-                self.settled().await as usize >= total && self.count(&self.topology.request_queue).await == 0
-            })
-            .await;
-            assert!(done, "the load did not finish; log:\n{}", worker.log_tail());
+            self.wait_finished(&worker, total).await;
             let (status, _) = worker.terminate(Duration::from_secs(30)).await;
             assert_eq!(status.code(), Some(0), "exit status {status:?}");
             let returned = self.count(&self.topology.request_queue).await;
