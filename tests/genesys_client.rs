@@ -508,6 +508,8 @@ enum Api {
     BadClient,
     /// A 502 with an HTML body, then a proper answer.
     HtmlBadGatewayOnce,
+    /// A 202 whose body breaks off (the connection fails mid-body), then a proper answer.
+    TruncatedAcceptedOnce,
 }
 
 struct Scripted {
@@ -591,6 +593,23 @@ async fn scripted(api: Api) -> Scripted {
                             (StatusCode::ACCEPTED, axum::Json(serde_json::json!({"id": "m-0"}))).into_response()
                         }
                         (Api::EmptyAcceptedOnce, 0) => StatusCode::ACCEPTED.into_response(),
+                        (Api::TruncatedAcceptedOnce, 0) => {
+                            let chunks: [Result<axum::body::Bytes, std::io::Error>; 2] = [
+                                Ok(axum::body::Bytes::from_static(b"{\"id\": \"m-")),
+                                Err(std::io::Error::other("the connection broke")),
+                            ];
+                            // The pause lets the head and the first chunk leave before the break.
+                            let body = axum::body::Body::from_stream(futures_util::StreamExt::then(
+                                futures_util::stream::iter(chunks),
+                                |chunk| async move {
+                                    if chunk.is_err() {
+                                        tokio::time::sleep(Duration::from_millis(100)).await;
+                                    }
+                                    chunk
+                                },
+                            ));
+                            (StatusCode::ACCEPTED, body).into_response()
+                        }
                         (Api::HtmlBadGatewayOnce, 0) => {
                             (StatusCode::BAD_GATEWAY, "<html><body>502 Bad Gateway</body></html>").into_response()
                         }
@@ -682,6 +701,18 @@ async fn a_2xx_without_a_body_is_created_and_never_sent_again() {
         .await
         .expect("created");
     assert_eq!((created.conversation_id, created.message_id), (None, None));
+    assert_eq!(server.api_requests.load(Ordering::SeqCst), 1, "a 2xx is not re-sent");
+}
+
+#[tokio::test]
+async fn a_2xx_whose_body_breaks_off_is_created_and_never_sent_again() {
+    let server = scripted(Api::TruncatedAcceptedOnce).await;
+    let created = scripted_client(&server)
+        .create_session(&unique_request())
+        .await
+        .expect("created");
+    assert_eq!((created.conversation_id, created.message_id), (None, None));
+    assert_eq!(created.attempts, 1);
     assert_eq!(server.api_requests.load(Ordering::SeqCst), 1, "a 2xx is not re-sent");
 }
 

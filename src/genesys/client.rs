@@ -366,15 +366,29 @@ impl GenesysClient {
             } else {
                 pass.succeeded();
             }
-            let body = response.bytes().await.map_err(|e| {
-                AttemptError::transient(
-                    Some(status),
-                    format!(
-                        "reading the HTTP {status} response failed: {}",
-                        describe_transport_error(&e)
-                    ),
-                )
-            })?;
+            let body = match response.bytes().await {
+                Ok(body) => body,
+                // A 2xx whose body was cut off still created the session: it is interpreted as
+                // a 2xx without a body rather than sent again.
+                Err(e) if classify_status(status) == StatusClass::Created => {
+                    tracing::warn!(
+                        status,
+                        context_id = hints.correlation_id.as_deref(),
+                        error = %describe_transport_error(&e),
+                        "reading the body of a genesys 2xx failed; not sending the request again"
+                    );
+                    Default::default()
+                }
+                Err(e) => {
+                    return Err(AttemptError::transient(
+                        Some(status),
+                        format!(
+                            "reading the HTTP {status} response failed: {}",
+                            describe_transport_error(&e)
+                        ),
+                    ));
+                }
+            };
             tracing::debug!(status, attempt = index, "genesys answered");
             self.interpret(call, token.as_ref(), status, hints, &body, index + 1)
                 .await
