@@ -79,8 +79,25 @@ struct TokenResponse {
     access_token: String,
     #[serde(default)]
     token_type: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lifetime_secs")]
     expires_in: Option<u64>,
+}
+
+/// `expires_in` as Genesys sends it (an integer), or as a float or a numeric string, which some
+/// OAuth servers and proxies send; anything else counts as absent rather than failing the token.
+fn lifetime_secs<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    let value = Option::<serde_json::Value>::deserialize(deserializer)?;
+    let secs = match value {
+        Some(serde_json::Value::Number(n)) => n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0) as u64)),
+        Some(serde_json::Value::String(s)) => s
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .map(|f| f.max(0.0) as u64),
+        _ => None,
+    };
+    Ok(secs)
 }
 
 struct CachedToken {
@@ -329,5 +346,26 @@ mod tests {
         };
         let shown = format!("{token:?}");
         assert!(!shown.contains("eyJ") && shown.contains("generation: 3"), "{shown}");
+    }
+
+    #[test]
+    fn expires_in_is_read_as_an_integer_a_float_or_a_numeric_string() {
+        let lifetime = |json: &str| {
+            serde_json::from_str::<TokenResponse>(json)
+                .map(|t| t.expires_in)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(lifetime(r#"{"access_token":"a","expires_in":86399}"#), Ok(Some(86_399)));
+        assert_eq!(
+            lifetime(r#"{"access_token":"a","expires_in":86399.0}"#),
+            Ok(Some(86_399))
+        );
+        assert_eq!(
+            lifetime(r#"{"access_token":"a","expires_in":" 3600 "}"#),
+            Ok(Some(3600))
+        );
+        assert_eq!(lifetime(r#"{"access_token":"a","expires_in":"soon"}"#), Ok(None));
+        assert_eq!(lifetime(r#"{"access_token":"a","expires_in":null}"#), Ok(None));
+        assert_eq!(lifetime(r#"{"access_token":"a"}"#), Ok(None));
     }
 }

@@ -6,7 +6,8 @@
 //!   the count.
 //! - **Open**: after [`CircuitSettings::failures_to_open`] consecutive failures spanning at least
 //!   [`CircuitSettings::min_failure_span`] (so a burst of concurrent failures is one blip, not an
-//!   outage). No call goes for `open_for` (2 s, doubling up to 30 s while probes keep failing).
+//!   outage). No call goes for `open_for` (2 s, doubling up to `max_open_for`, 5 s, while probes
+//!   keep failing).
 //! - **Half-open**: one call, the *probe*, goes; the others wait for its verdict. Success closes
 //!   the circuit, failure opens it again for longer.
 //!

@@ -4,9 +4,11 @@
 //!   (a uniform wait between zero and the exponential value), so replicas that failed together do
 //!   not retry together.
 //! - A `Retry-After` (on a 429, or any transient response) replaces the backoff: the wait is
-//!   `Retry-After` plus a little jitter, never less. A `Retry-After` above `max_retry_after` ends
-//!   the retries at once, as the official SDKs do (they retry a 429 only when `Retry-After` is at
-//!   most 180 s): retrying earlier than Genesys asked would only earn another 429.
+//!   `Retry-After` plus a little jitter, never less. On a 429, a `Retry-After` above
+//!   `max_retry_after` ends the retries at once, as the official SDKs do (they retry a 429 only
+//!   when `Retry-After` is at most 180 s): retrying earlier than Genesys asked would only earn
+//!   another 429. On a 5xx, which the SDKs retry whatever it says, such a wait is cut to
+//!   `max_retry_after`: an outage's estimate is not a quota.
 //! - A 401 is retried at once, a single time, after the token was invalidated.
 //! - Everything is bounded by `retry_budget`, counted from the first attempt: a backoff wait is
 //!   shortened to end within it, a `Retry-After` wait that would end past it is not started, and
@@ -122,6 +124,9 @@ impl RetryPolicy {
     ) -> Option<Duration> {
         let delay = match (error.failure, error.retry_after) {
             (Failure::Reauthenticate, _) => Duration::ZERO,
+            (_, Some(retry_after)) if retry_after > self.max_retry_after && error.status != Some(429) => {
+                with_small_jitter(self.max_retry_after)
+            }
             (_, Some(retry_after)) if retry_after > self.max_retry_after => {
                 tracing::warn!(
                     retry_after_secs = retry_after.as_secs(),
@@ -243,6 +248,26 @@ mod tests {
         assert_eq!(
             p.next_delay(&error(Failure::Transient, 429, Some(181)), None, Duration::ZERO),
             None
+        );
+    }
+
+    #[test]
+    fn a_long_retry_after_on_a_5xx_is_cut_to_the_maximum() {
+        let p = policy(600);
+        for _ in 0..200 {
+            let d = p
+                .next_delay(&error(Failure::Transient, 503, Some(300)), None, Duration::ZERO)
+                .expect("a 503 is retried whatever its Retry-After");
+            assert!(d >= Duration::from_secs(180) && d <= Duration::from_secs(181), "{d:?}");
+        }
+        assert_eq!(
+            p.next_delay(
+                &error(Failure::Transient, 503, Some(300)),
+                None,
+                Duration::from_secs(500)
+            ),
+            None,
+            "the budget still bounds it"
         );
     }
 
