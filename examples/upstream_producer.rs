@@ -144,9 +144,8 @@ async fn main() -> anyhow::Result<()> {
     let topology = Topology::new(&prefix);
     // Idempotent, as `guest-session-worker enqueue` does: the request has somewhere to go even if
     // no worker has started yet.
-    let channel = connection.create_channel().await?;
     topology
-        .declare(&channel)
+        .declare(&connection)
         .await
         .context("declaring the topology failed")?;
     let reply = request_session(&connection, &topology, body, timeout).await?;

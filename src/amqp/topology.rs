@@ -2,10 +2,11 @@
 //! idempotent declaration.
 
 use lapin::{
-    Channel, ExchangeKind,
+    Channel, Connection, ExchangeKind,
     options::{
         ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
     },
+    protocol::{AMQPErrorKind, AMQPSoftError},
     types::{AMQPValue, FieldTable, LongString},
 };
 
@@ -65,10 +66,20 @@ impl Topology {
         }
     }
 
-    /// Declares every exchange, queue and binding. Safe to repeat: it is what a worker does on
-    /// every (re)connect. A queue that already exists with other arguments is an operator error
-    /// that the broker reports as PRECONDITION_FAILED.
-    pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+    /// Declares every exchange, queue and binding on a channel of its own. Safe to repeat: it is
+    /// what a worker does on every (re)connect. An exchange or the request queue that already
+    /// exists with another type or other arguments is an operator error that the broker reports
+    /// as PRECONDITION_FAILED. The dead-letter and audit queues are only ever written to by the
+    /// worker, so one that an operator created beforehand (say, a classic queue) is used as it is.
+    pub async fn declare(&self, connection: &Connection) -> Result<(), lapin::Error> {
+        let mut channel = connection.create_channel().await?;
+        self.declare_on(&mut channel, connection).await?;
+        // The declarations are done; an error closing the channel changes nothing about them.
+        let _ = channel.close(200, "topology declared".into()).await;
+        Ok(())
+    }
+
+    async fn declare_on(&self, channel: &mut Channel, connection: &Connection) -> Result<(), lapin::Error> {
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..Default::default()
@@ -127,12 +138,25 @@ impl Topology {
             "x-delivery-limit".into(),
             AMQPValue::LongLongInt(DEAD_LETTER_DELIVERY_LIMIT),
         );
-        channel
-            .queue_declare(self.dead_letter_queue.as_str().into(), queue_opts, dead_letter_args)
-            .await?;
-        channel
-            .queue_declare(self.audit_queue.as_str().into(), queue_opts, quorum())
-            .await?;
+        for (queue, args) in [
+            (&self.dead_letter_queue, dead_letter_args),
+            (&self.audit_queue, quorum()),
+        ] {
+            match channel.queue_declare(queue.as_str().into(), queue_opts, args).await {
+                Ok(_) => {}
+                Err(error) if is_precondition_failed(&error) => {
+                    // The refusal closed the channel; a passive declare on a new one proves the
+                    // queue is there.
+                    *channel = connection.create_channel().await?;
+                    inspect(channel, queue).await?;
+                    tracing::warn!(
+                        queue = queue.as_str(),
+                        "the queue exists with other arguments than the worker's (quorum); using it as it is"
+                    );
+                }
+                Err(error) => return Err(error),
+            }
+        }
 
         let bind = |queue: &str, exchange: &str, key: &str| {
             channel.queue_bind(
@@ -180,6 +204,15 @@ pub async fn inspect(channel: &Channel, queue: &str) -> Result<lapin::Queue, lap
     channel
         .queue_declare(queue.into(), passive, FieldTable::default())
         .await
+}
+
+/// The broker refused a declaration because the entity exists with another type or arguments.
+pub fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(e)
+            if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+    )
 }
 
 /// Arguments that make a declared queue a quorum queue.

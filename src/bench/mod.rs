@@ -124,9 +124,9 @@ impl Lab {
     /// Connects and declares the worker topology under `prefix`.
     pub async fn open(url: &str, prefix: &str) -> Result<Self, BenchError> {
         let connection = connect(url, "guest-session-worker bench").await?;
-        let channel = connection.create_channel().await?;
         let topology = Topology::new(prefix);
-        topology.declare(&channel).await?;
+        topology.declare(&connection).await?;
+        let channel = connection.create_channel().await?;
         let publisher = Publisher::open(&connection, 1).await?;
         Ok(Self {
             url: url.to_string(),

@@ -44,9 +44,8 @@ pub async fn run(args: EnqueueArgs) -> anyhow::Result<()> {
             delivery_limit: args.delivery_limit,
         },
     );
-    let channel = connection.create_channel().await?;
     topology
-        .declare(&channel)
+        .declare(&connection)
         .await
         .context("declaring the topology failed")?;
     let publisher = Publisher::open(&connection, 1).await?;

@@ -56,7 +56,7 @@ pub enum WorkerError {
     #[error(transparent)]
     Connect(#[from] ConnectError),
     #[error(
-        "declaring the RabbitMQ topology failed: {0}. If a queue already exists with other arguments, delete it or choose another AMQP_NAME_PREFIX."
+        "declaring the RabbitMQ topology failed: {0}. If an exchange or the request queue already exists with another type or other arguments, delete it or choose another AMQP_NAME_PREFIX."
     )]
     Topology(lapin::Error),
     #[error("opening the publisher channels failed: {0}")]
@@ -137,13 +137,11 @@ async fn open_connection(settings: &WorkerSettings) -> Result<(Connection, Publi
 }
 
 async fn open_session(connection: &Connection, settings: &WorkerSettings) -> Result<Publisher, WorkerError> {
-    let channel = connection.create_channel().await.map_err(WorkerError::Topology)?;
     settings
         .topology
-        .declare(&channel)
+        .declare(connection)
         .await
         .map_err(WorkerError::Topology)?;
-    let _ = channel.close(200, "topology declared".into()).await;
     Publisher::open(connection, settings.publisher_lanes)
         .await
         .map_err(WorkerError::Publisher)

@@ -113,8 +113,8 @@ impl World {
         let connection = connect(url, "chaos-observer")
             .await
             .expect("the broker is reachable (set AMQP_URL)");
+        topology.declare(&connection).await.expect("topology");
         let channel = connection.create_channel().await.expect("channel");
-        topology.declare(&channel).await.expect("topology");
         let events_queue = format!("{prefix}crm-observer");
         let mut quorum = FieldTable::default();
         quorum.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));

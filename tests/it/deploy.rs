@@ -702,6 +702,17 @@ async fn the_broker_definitions_declare_what_the_worker_declares() {
         request_queue["arguments"]["x-delivery-limit"],
         json!(topology.options.delivery_limit)
     );
+    // The worker accepts dead-letter and audit queues of any kind, but the shipped definitions
+    // give them the durability it would declare itself.
+    for queue in [&topology.dead_letter_queue, &topology.audit_queue] {
+        let declared = definitions["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == queue.as_str())
+            .unwrap();
+        assert_eq!(declared["arguments"]["x-queue-type"], json!("quorum"), "{queue}");
+    }
 
     // The live check needs the test broker to be this machine's, as user guest, with rabbitmqctl.
     let base_url = amqp_url().await;
@@ -729,8 +740,7 @@ async fn the_broker_definitions_declare_what_the_worker_declares() {
         let connection = connect(&format!("{prefix}/{vhost}"), "it-definitions")
             .await
             .expect("connect to the scratch vhost");
-        let channel = connection.create_channel().await.expect("channel");
-        let declared = topology.declare(&channel).await;
+        let declared = topology.declare(&connection).await;
         let _ = connection.close(200, "done".into()).await;
         declared
     }

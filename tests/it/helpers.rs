@@ -127,8 +127,8 @@ impl TestEnv {
             audit_key: SecretString::from(AUDIT_KEY),
         };
         let connection = connect(&url, "it-observer").await.expect("broker reachable");
+        topology.declare(&connection).await.expect("topology");
         let channel = connection.create_channel().await.expect("channel");
-        topology.declare(&channel).await.expect("topology");
         let publisher = Publisher::open(&connection, 1).await.expect("publisher");
         let metrics = Metrics::new();
         let readiness = Readiness::default();
