@@ -38,8 +38,9 @@ pub struct SessionRef {
     /// `null` only when Open Messaging accepted the message without returning a conversation id.
     #[serde(default)]
     pub conversation_id: Option<String>,
-    /// Open Messaging: the id Genesys gave the inbound message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Open Messaging: the id Genesys gave the inbound message. The key is always there (DESIGN
+    /// §4's shape): `null` for Guest Chat, or when Genesys returned no id.
+    #[serde(default)]
     pub message_id: Option<String>,
     /// Guest Chat: the guest's member id in the chat.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -844,6 +844,10 @@ async fn guest_chat_outputs_follow_the_schemas_and_keep_the_jwt_out_of_the_event
     assert_valid(&validator("session-created.schema.json"), &event, "a Guest Chat event");
     assert!(event["session"]["member_id"].is_string(), "{event}");
     assert!(
+        event["session"].get("message_id").is_some_and(Value::is_null),
+        "DESIGN §4 keeps the key: {event}"
+    );
+    assert!(
         !String::from_utf8_lossy(&events[0].data).contains(reply["session"]["jwt"].as_str().unwrap_or("-")),
         "the CRM never sees the JWT"
     );
