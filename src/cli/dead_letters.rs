@@ -13,6 +13,7 @@ use crate::{
         topology::{REQUEST_ROUTING_KEY, inspect},
     },
     pipeline::dead_letter::{self, properties_for_replay},
+    request::is_well_formed_id,
 };
 
 #[derive(clap::Subcommand)]
@@ -63,6 +64,25 @@ pub fn reason_of(properties: &BasicProperties) -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
+/// How `list` names a dead letter: its `message_id`, else the body's `request_id` (when the body is
+/// JSON with a well-formed one), else its `correlation_id`.
+fn shown_id(delivery: &lapin::message::Delivery) -> String {
+    let properties = &delivery.properties;
+    if let Some(id) = properties.message_id() {
+        return id.to_string();
+    }
+    #[derive(serde::Deserialize)]
+    struct Body {
+        request_id: Option<serde_json::Value>,
+    }
+    serde_json::from_slice::<Body>(&delivery.data)
+        .ok()
+        .and_then(|body| body.request_id)
+        .and_then(|id| id.as_str().filter(|id| is_well_formed_id(id)).map(str::to_owned))
+        .or_else(|| properties.correlation_id().as_ref().map(|c| c.to_string()))
+        .unwrap_or_else(|| "-".into())
+}
+
 /// Every reason a dead letter of this worker (or the broker's delivery limit) carries.
 fn known_reasons() -> Vec<&'static str> {
     use crate::pipeline::outcome::{EVENT_UNROUTABLE, GENESYS_REJECTED, RETRIES_EXHAUSTED};
@@ -109,13 +129,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
         }
         shown += 1;
         let table = message.delivery.properties.headers().as_ref();
-        let id = message
-            .delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|m| m.to_string())
-            .unwrap_or_else(|| "-".into());
+        let id = shown_id(&message.delivery);
         println!(
             "{:<38} {:<18} {:<25} {:<8} {}{}",
             id,

@@ -606,6 +606,19 @@ fn attribute_keys_are_1_to_64_chars_of_the_alphabet_and_not_reserved() {
 }
 
 #[test]
+fn a_key_outside_the_alphabet_is_not_quoted_in_the_detail() {
+    let mut request = minimal();
+    request["attributes"] = json!({ "ada@example.com": "x" });
+    let rejection = rejected(&request);
+    assert_eq!(rejection.reason, RejectReason::Invalid);
+    assert!(
+        !rejection.detail.contains("ada") && rejection.detail.contains("15 characters"),
+        "{}",
+        rejection.detail
+    );
+}
+
+#[test]
 fn attribute_string_values_have_at_most_256_chars() {
     assert!(check(&with(&minimal(), "/attributes/a", json!("é".repeat(256)))).is_ok());
     let rejection = rejected(&with(&minimal(), "/attributes/a", json!("é".repeat(257))));

@@ -347,7 +347,7 @@ fn is_plain_text(s: &str, min: usize, max: usize) -> bool {
     chars_within(s, min, max) && !s.chars().any(char::is_control)
 }
 
-fn is_well_formed_id(id: &str) -> bool {
+pub fn is_well_formed_id(id: &str) -> bool {
     // The alphabet is ASCII, so bytes are chars.
     (1..=MAX_ID_CHARS).contains(&id.len())
         && id
@@ -398,9 +398,11 @@ fn check_attribute_key(key: &str) -> Result<(), Fail> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if !well_formed {
+        // Not quoted: a key outside the alphabet is often a value put in the wrong place (an
+        // e-mail address, a name), and the detail travels in a header and in logs.
         return Err(Fail::invalid(format!(
-            "attribute key {} must be 1-{MAX_ATTRIBUTE_KEY_CHARS} characters of A-Z a-z 0-9 . _ -",
-            quote(key)
+            "an attribute key ({} characters, not quoted) must be 1-{MAX_ATTRIBUTE_KEY_CHARS} characters of A-Z a-z 0-9 . _ -",
+            key.chars().count()
         )));
     }
     if let Some(prefix) = RESERVED_KEY_PREFIXES.iter().find(|p| key.starts_with(*p)) {

@@ -404,3 +404,113 @@ async fn enqueue_declares_the_request_queue_with_the_configured_delivery_limit()
     assert_eq!(env.message_count(&env.topology.request_queue).await, 1);
     env.cleanup().await;
 }
+
+/// DESIGN names the dead-letter and audit queues without saying what kind they are; an operator
+/// who created them beforehand (a classic queue, the default of most clients) must not find the
+/// worker refusing to start. The request queue's kind is the contract's, and stays enforced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_and_audit_queues_created_beforehand_as_classic_queues_are_used_as_they_are() {
+    use guest_session_worker::amqp::{
+        Outgoing, Publisher, connect,
+        topology::{Topology, is_precondition_failed},
+    };
+    use lapin::{options::QueueDeclareOptions, types::FieldTable};
+
+    let url = amqp_url().await;
+    let topology = Topology::new(&unique_prefix());
+    let connection = connect(&url, "it-classic-queues").await.expect("broker reachable");
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let channel = connection.create_channel().await.expect("channel");
+    for queue in [&topology.dead_letter_queue, &topology.audit_queue] {
+        channel
+            .queue_declare(queue.as_str().into(), durable, FieldTable::default())
+            .await
+            .expect("a classic queue");
+    }
+
+    topology
+        .declare(&connection)
+        .await
+        .expect("the worker's declaration accepts them");
+    topology
+        .declare(&connection)
+        .await
+        .expect("and again, as on every reconnect");
+    // Still classic (a classic re-declaration is accepted), and bound: an audit record and a
+    // dead letter reach them.
+    for queue in [&topology.dead_letter_queue, &topology.audit_queue] {
+        channel
+            .queue_declare(queue.as_str().into(), durable, FieldTable::default())
+            .await
+            .expect("still a classic queue");
+    }
+    let publisher = Publisher::open(&connection, 1).await.expect("publisher");
+    for exchange in [&topology.dead_letter_exchange, &topology.audit_exchange] {
+        publisher
+            .publish(Outgoing {
+                exchange: exchange.clone(),
+                routing_key: String::new(),
+                payload: b"{}".to_vec(),
+                properties: BasicProperties::default(),
+                mandatory: true,
+            })
+            .await
+            .expect("routed to the classic queue");
+    }
+    for queue in [&topology.dead_letter_queue, &topology.audit_queue] {
+        let depth = guest_session_worker::amqp::topology::inspect(&channel, queue)
+            .await
+            .expect("queue")
+            .message_count();
+        assert_eq!(depth, 1, "{queue}");
+    }
+    topology.delete(&channel).await.expect("cleanup");
+
+    // A classic request queue is refused: its kind and arguments are the upstream contract.
+    let other = Topology::new(&unique_prefix());
+    channel
+        .queue_declare(other.request_queue.as_str().into(), durable, FieldTable::default())
+        .await
+        .expect("a classic queue");
+    let refused = other
+        .declare(&connection)
+        .await
+        .expect_err("a classic request queue is refused");
+    assert!(is_precondition_failed(&refused), "{refused}");
+    let channel = connection.create_channel().await.expect("channel");
+    other.delete(&channel).await.expect("cleanup");
+    let _ = connection.close(200, "done".into()).await;
+}
+
+/// `dead-letters list` names each dead letter by its request id, also when the upstream app
+/// published without a `message_id` (most clients' default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_list_names_a_dead_letter_without_message_id_by_its_request_id() {
+    let env = TestEnv::start().await;
+    let mut request = valid_request("no-message-id-1");
+    request["consent"]["data_processing"] = serde_json::json!(false);
+    env.publish_with(body(&request), |p| {
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_headers(p.headers().clone().unwrap_or_default())
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while env.message_count(&env.topology.dead_letter_queue).await < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the dead letter did not arrive");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let output = env.cli(&["dead-letters", "list"], &[]).await;
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let line = shown
+        .lines()
+        .find(|line| line.contains("consent_missing"))
+        .unwrap_or_else(|| panic!("no consent_missing line in:\n{shown}"));
+    assert!(line.starts_with("no-message-id-1 "), "{line}");
+    env.cleanup().await;
+}
