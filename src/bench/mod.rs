@@ -17,7 +17,9 @@
 //! against the bare-broker ceiling, latency scaling, added latency, memory).
 
 pub mod cpu;
+pub mod disk;
 pub mod floor;
+pub mod latency;
 pub mod perf;
 pub mod rate_limit;
 

@@ -74,6 +74,9 @@ async fn bench_smoke_run_exits_zero_and_writes_every_section() {
         "the contract's floor",
         "Little's law",
         "p99 added latency",
+        // The broker's own latency beside the worker's, with the disk probe (a local broker).
+        "through a bare relay",
+        "Round 1: worker p50",
         "peak RSS",
         "What we changed",
         // Where the CPU went; the worker's share is read from its live process.
