@@ -479,7 +479,7 @@ ceiling here, because every party shares the same two cores: per request the bro
 times the ceiling's work per message (Erlang reductions: about 2,400 against 1,470; two confirmed
 publishes with the contract's properties instead of one bare one, and a third quorum queue), and the
 HTTP round trip costs the client and the simulator about as much CPU again as the ceiling's whole
-loop. The worker moves 0.9–1.0 × as much as that floor. The ratio also follows the machine's state:
+loop. The worker moves 0.8–1.0 × as much as that floor. The ratio also follows the machine's state:
 an hour apart on the same day, with the same code, the worker's and the floor's CPU per request
 rose by a third to four fifths while the ceiling's rose by a fifth at most, and the median ratio fell from 0.45 to 0.30–0.37
 (most likely context switches and cross-core wake-ups became dearer on the shared host: the worker
