@@ -66,6 +66,7 @@ pub fn reply_message(
         // Serialising a struct of strings and options cannot fail.
         payload: serde_json::to_vec(reply).unwrap_or_default(),
         properties,
-        mandatory: false,
+        // Returned when the `reply_to` queue does not exist, so the worker can say so.
+        mandatory: true,
     }
 }
