@@ -97,8 +97,18 @@ pub async fn publish_all(
 fn read_file(path: &PathBuf) -> anyhow::Result<Vec<Vec<u8>>> {
     let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     // One object spread over many lines, or JSON lines: try the whole file first.
-    if serde_json::from_slice::<serde_json::Value>(&text).is_ok_and(|v| v.is_object()) {
+    let whole = serde_json::from_slice::<serde_json::Value>(&text);
+    if whole.as_ref().is_ok_and(|v| v.is_object()) {
         return Ok(vec![text]);
+    }
+    // A lone `{` is never a JSON-lines record: this is one pretty-printed object that does not
+    // parse, and its lines sent one by one would be as many malformed requests.
+    let first_line = text
+        .split(|b| *b == b'\n')
+        .map(<[u8]>::trim_ascii)
+        .find(|l| !l.is_empty());
+    if let (Some(b"{"), Err(error)) = (first_line, whole) {
+        bail!("{} is not one valid JSON object: {error}", path.display());
     }
     let lines: Vec<Vec<u8>> = text
         .split(|b| *b == b'\n')
@@ -111,4 +121,55 @@ fn read_file(path: &PathBuf) -> anyhow::Result<Vec<Vec<u8>>> {
     // Lines are sent as they are, even when one is not valid JSON: rejecting bad requests (with a
     // dead letter saying why) is the worker's job, and a test harness may want exactly that.
     Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_file;
+
+    fn read(text: &str) -> Result<Vec<String>, String> {
+        let dir = std::env::temp_dir().join(format!("enqueue-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let path = dir.join("req.json");
+        std::fs::write(&path, text).map_err(|e| e.to_string())?;
+        let read = read_file(&path)
+            .map(|bodies| {
+                bodies
+                    .into_iter()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .collect()
+            })
+            .map_err(|e| e.to_string());
+        let _ = std::fs::remove_dir_all(&dir);
+        read
+    }
+
+    #[test]
+    fn a_pretty_printed_object_is_one_request() {
+        let bodies = read("{\n  \"request_id\": \"r-1\",\n  \"guest_id\": \"g-1\"\n}\n").unwrap();
+        assert_eq!(bodies.len(), 1);
+    }
+
+    #[test]
+    fn json_lines_are_one_request_each_even_a_malformed_one() {
+        let bodies = read("{\"request_id\": \"r-1\"}\n\nnot json\n{\"request_id\": \"r-2\"}\n").unwrap();
+        assert_eq!(
+            bodies,
+            ["{\"request_id\": \"r-1\"}", "not json", "{\"request_id\": \"r-2\"}"]
+        );
+    }
+
+    #[test]
+    fn a_pretty_printed_object_that_does_not_parse_is_refused_with_where() {
+        let error = read("{\n  \"request_id\": \"r-1\",\n}\n").unwrap_err();
+        assert!(
+            error.contains("not one valid JSON object") && error.contains("line 3"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_empty_file_is_refused() {
+        assert!(read("\n  \n").unwrap_err().contains("holds no request"));
+    }
 }
