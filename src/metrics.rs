@@ -10,7 +10,6 @@
 //! | `guest_session_worker_in_flight` | gauge | | requests being processed now |
 //! | `guest_session_worker_routing_success_ratio` | gauge | | created / valid requests that reached a final outcome |
 //! | `guest_session_worker_requeued_total` | counter | | requests returned to the queue because a publish was not confirmed |
-//! | `guest_session_worker_replies_unroutable_total` | counter | | replies dropped because no queue named by `reply_to` exists |
 //!
 //! Labels hold only bounded vocabularies (outcomes, reasons, HTTP statuses): never an id.
 
@@ -51,7 +50,6 @@ struct Inner {
     /// computed from a half-updated pair.
     routing: Mutex<(u64, u64)>,
     requeued: Counter,
-    replies_unroutable: Counter,
 }
 
 /// Cheap to clone; all clones feed one registry.
@@ -101,12 +99,6 @@ impl Metrics {
             "Requests returned to the queue because a publish was not confirmed",
             requeued.clone(),
         );
-        let replies_unroutable = Counter::default();
-        registry.register(
-            "replies_unroutable",
-            "Replies dropped because no queue named by reply_to exists",
-            replies_unroutable.clone(),
-        );
         Self(Arc::new(Inner {
             registry,
             requests,
@@ -118,7 +110,6 @@ impl Metrics {
             routing_success_ratio,
             routing: Mutex::new((0, 0)),
             requeued,
-            replies_unroutable,
         }))
     }
 
@@ -141,11 +132,6 @@ impl Metrics {
     /// A request went back to the queue (its publishes were not confirmed).
     pub fn record_requeue(&self) {
         self.0.requeued.inc();
-    }
-
-    /// A reply was returned: its `reply_to` queue does not exist.
-    pub fn record_unroutable_reply(&self) {
-        self.0.replies_unroutable.inc();
     }
 
     pub fn observe_creation(&self, elapsed: Duration) {

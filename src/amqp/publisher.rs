@@ -38,7 +38,7 @@ pub struct Outgoing {
     pub mandatory: bool,
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("the broker refused (nacked) the message published to exchange '{exchange}'")]
     Nacked { exchange: String },
@@ -99,23 +99,15 @@ impl Publisher {
     }
 
     /// Publishes every message (in order, on one lane, in one batch) and then waits for all their
-    /// confirms; the first failure, if any.
+    /// confirms.
     pub async fn publish_all(&self, messages: Vec<Outgoing>) -> Result<(), PublishError> {
-        self.publish_each(messages).await.into_iter().collect()
-    }
-
-    /// As [`Self::publish_all`], with each message's own result, in order.
-    pub async fn publish_each(&self, messages: Vec<Outgoing>) -> Vec<Result<(), PublishError>> {
-        let count = messages.len();
-        let started = match self.start(messages).await {
-            Ok(started) => started,
-            Err(error) => return (0..count).map(|_| Err(error.clone())).collect(),
-        };
-        let confirmed = started.into_iter().map(|publish| async move {
-            let pending = publish.written().await?;
-            pending.confirmed().await
-        });
-        futures_util::future::join_all(confirmed).await
+        let started = self.start(messages).await?;
+        let mut pending = Vec::with_capacity(started.len());
+        for publish in started {
+            pending.push(publish.written().await?);
+        }
+        let results = futures_util::future::join_all(pending.into_iter().map(Pending::confirmed)).await;
+        results.into_iter().collect()
     }
 
     /// Hands the message to a lane and returns once its frames are written; the confirm is

@@ -315,25 +315,7 @@ async fn publish_traced(
     messages: Vec<Outgoing>,
     span: &tracing::Span,
 ) -> Result<(), PublishError> {
-    // Only replies go through the default exchange (straight to their `reply_to` queue).
-    let replies: Vec<bool> = messages.iter().map(|m| m.exchange.is_empty()).collect();
-    let results = ctx.publisher.publish_each(messages).instrument(span.clone()).await;
-    let mut result = Ok(());
-    for (outcome, is_reply) in results.into_iter().zip(replies) {
-        match outcome {
-            // The requester's queue is gone (or never existed): its loss, not the request's; the
-            // session, the event and the audit record stand.
-            Err(PublishError::Unroutable { routing_key, .. }) if is_reply => {
-                tracing::warn!(
-                    reply_to = routing_key.as_str(),
-                    "no queue named by reply_to exists; the reply was dropped"
-                );
-                ctx.metrics.record_unroutable_reply();
-            }
-            Err(error) if result.is_ok() => result = Err(error),
-            _ => {}
-        }
-    }
+    let result = ctx.publisher.publish_all(messages).instrument(span.clone()).await;
     if let Err(error) = &result {
         let kind = if error.is_unroutable() {
             "unroutable"

@@ -66,7 +66,6 @@ pub fn reply_message(
         // Serialising a struct of strings and options cannot fail.
         payload: serde_json::to_vec(reply).unwrap_or_default(),
         properties,
-        // Returned when the `reply_to` queue does not exist, so the worker can say so.
-        mandatory: true,
+        mandatory: false,
     }
 }

@@ -246,42 +246,6 @@ async fn a_request_with_reply_to_gets_a_reply_with_its_correlation_id() {
     env.cleanup().await;
 }
 
-/// A `reply_to` naming no queue costs the requester its reply, and nothing else: the session,
-/// the event and the audit record stand, the request is acked, and the worker says so.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reply_to_naming_no_queue_is_counted_and_the_request_still_completes() {
-    let mut env = TestEnv::start().await;
-    let events_queue = env.bind_events().await;
-    let missing = format!("{}no-such-reply-queue", env.prefix);
-    env.publish_with(body(&valid_request("reply-nowhere-1")), |p: BasicProperties| {
-        p.with_reply_to(missing.as_str().into())
-    })
-    .await;
-    let events = env.take(&events_queue, 1, WAIT).await;
-    assert_eq!(events.len(), 1);
-    let audits = env.take(&env.topology.audit_queue.clone(), 1, WAIT).await;
-    let record: serde_json::Value = serde_json::from_slice(&audits[0].data).expect("audit JSON");
-    assert_eq!(record["outcome"], "created");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !env
-        .metrics
-        .render()
-        .contains("guest_session_worker_replies_unroutable_total 1")
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the dropped reply was not counted:\n{}",
-            env.metrics.render()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    env.assert_empty(&env.topology.request_queue.clone(), Duration::from_millis(500))
-        .await;
-    env.assert_empty(&env.topology.dead_letter_queue.clone(), Duration::from_millis(200))
-        .await;
-    env.cleanup().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_chat_jwt_goes_to_the_reply_and_never_to_the_crm_event() {
     let mut env = TestEnv::start_with(EnvOptions {
