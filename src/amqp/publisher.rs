@@ -9,7 +9,13 @@
 //! the I/O thread, and it starts everything queued since its last turn together: publishes from
 //! many concurrent requests leave in one socket write and reach the broker as one batch, which
 //! costs the broker (and this process) far less per message than one publish per write.
-//! `tests/it/publisher.rs` would catch a misattributed confirm.
+//!
+//! lapin also hands a `basic.return` to whichever pending confirm of the channel completes next
+//! (on a multiple ack, in no fixed order), not to the message that was returned. So mandatory
+//! messages, which the broker may return, get lanes of their own: a return can then only land on
+//! another mandatory message, and the worker's mandatory messages (its events, to one exchange
+//! with one routing key) are routable or unroutable together.
+//! `tests/it/publisher.rs` would catch a misattributed confirm or return.
 
 use std::{
     future::Future,
@@ -71,23 +77,20 @@ struct Lane {
 /// Cheap to clone; every clone feeds the same lanes.
 #[derive(Clone)]
 pub struct Publisher {
+    /// For messages that are not mandatory.
     lanes: Arc<[Lane]>,
+    /// For mandatory messages only (see the module comment).
+    mandatory_lanes: Arc<[Lane]>,
     next: Arc<AtomicUsize>,
 }
 
 impl Publisher {
-    /// Opens `lanes` confirm-mode channels on `connection`, each driven by its own task.
+    /// Opens `lanes` confirm-mode channels on `connection` for messages that are not mandatory,
+    /// and as many for mandatory ones, each driven by its own task.
     pub async fn open(connection: &Connection, lanes: usize) -> Result<Self, lapin::Error> {
-        let mut opened = Vec::with_capacity(lanes.max(1));
-        for _ in 0..lanes.max(1) {
-            let channel = connection.create_channel().await?;
-            channel.confirm_select(ConfirmSelectOptions::default()).await?;
-            let (jobs, queued) = mpsc::unbounded_channel();
-            tokio::spawn(drive_lane(channel.clone(), queued));
-            opened.push(Lane { channel, jobs });
-        }
         Ok(Self {
-            lanes: opened.into(),
+            lanes: open_lanes(connection, lanes).await?,
+            mandatory_lanes: open_lanes(connection, lanes).await?,
             next: Arc::new(AtomicUsize::new(0)),
         })
     }
@@ -120,8 +123,28 @@ impl Publisher {
         }
     }
 
+    /// Starts `messages` in order on one lane; a batch that mixes mandatory messages with others
+    /// is started as two (each kind in its order), and handed back in the caller's order.
     async fn start(&self, messages: Vec<Outgoing>) -> Result<Vec<Started>, PublishError> {
-        let lane = &self.lanes[self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len()];
+        let mandatory = messages.iter().filter(|m| m.mandatory).count();
+        if mandatory == 0 || mandatory == messages.len() {
+            return self.start_on(mandatory > 0, messages).await;
+        }
+        let kinds: Vec<bool> = messages.iter().map(|m| m.mandatory).collect();
+        let (returnable, plain): (Vec<Outgoing>, Vec<Outgoing>) = messages.into_iter().partition(|m| m.mandatory);
+        let (mut returnable, mut plain) = (
+            self.start_on(true, returnable).await?.into_iter(),
+            self.start_on(false, plain).await?.into_iter(),
+        );
+        Ok(kinds
+            .into_iter()
+            .filter_map(|kind| if kind { returnable.next() } else { plain.next() })
+            .collect())
+    }
+
+    async fn start_on(&self, mandatory: bool, messages: Vec<Outgoing>) -> Result<Vec<Started>, PublishError> {
+        let lanes = if mandatory { &self.mandatory_lanes } else { &self.lanes };
+        let lane = &lanes[self.next.fetch_add(1, Ordering::Relaxed) % lanes.len()];
         let (reply, started) = oneshot::channel();
         lane.jobs
             .send(Job { messages, reply })
@@ -135,8 +158,21 @@ impl Publisher {
     pub fn all_lanes_open(&self) -> bool {
         self.lanes
             .iter()
+            .chain(self.mandatory_lanes.iter())
             .all(|lane| lane.channel.status().connected() && !lane.jobs.is_closed())
     }
+}
+
+async fn open_lanes(connection: &Connection, lanes: usize) -> Result<Arc<[Lane]>, lapin::Error> {
+    let mut opened = Vec::with_capacity(lanes.max(1));
+    for _ in 0..lanes.max(1) {
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        let (jobs, queued) = mpsc::unbounded_channel();
+        tokio::spawn(drive_lane(channel.clone(), queued));
+        opened.push(Lane { channel, jobs });
+    }
+    Ok(opened.into())
 }
 
 /// The lane task: the only caller of `basic_publish` on `channel`.

@@ -106,3 +106,93 @@ async fn every_concurrent_caller_gets_the_confirm_of_its_own_message() {
     }
     let _ = connection.close(200, "test done".into()).await;
 }
+
+/// lapin hands a `basic.return` to whichever pending confirm of the channel completes next, so a
+/// returned mandatory message must never share a channel with messages that are not mandatory:
+/// its "unroutable" would land on one of them (and the returned one would look delivered).
+/// Publishes alternate between plain messages to a queue and mandatory ones to no queue at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_returned_mandatory_message_is_reported_to_its_own_caller() {
+    let connection = connect(&amqp_url().await, "it publisher returns")
+        .await
+        .expect("broker");
+    let admin = connection.create_channel().await.expect("channel");
+    let prefix = unique_prefix();
+    let (accepting, nowhere) = (format!("{prefix}accepting"), format!("{prefix}no-such-queue"));
+    admin
+        .queue_declare(
+            accepting.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+    // One lane: without a channel of their own, the mandatory messages would share it.
+    let publisher = Publisher::open(&connection, 1).await.expect("publisher");
+
+    let mut tasks = Vec::new();
+    for n in 0..MESSAGES {
+        let publisher = publisher.clone();
+        let mandatory = n % 2 == 1;
+        let outgoing = if mandatory {
+            Outgoing {
+                mandatory: true,
+                ..message(&nowhere, n)
+            }
+        } else {
+            message(&accepting, n)
+        };
+        tasks.push(tokio::spawn(async move {
+            let result = publisher.publish(outgoing).await;
+            match (mandatory, &result) {
+                (false, Ok(())) | (true, Err(PublishError::Unroutable { .. })) => None,
+                _ => Some(format!("message {n} (mandatory: {mandatory}): {result:?}")),
+            }
+        }));
+    }
+    let mut wrong = Vec::new();
+    for task in tasks {
+        wrong.extend(task.await.expect("task"));
+    }
+    // A batch that mixes both kinds: each goes to its own lane, and the batch reports the return.
+    let batch = publisher
+        .publish_all(vec![
+            message(&accepting, 0),
+            Outgoing {
+                mandatory: true,
+                ..message(&nowhere, 1)
+            },
+            message(&accepting, 2),
+        ])
+        .await;
+    let depth = admin
+        .queue_declare(
+            accepting.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map(|q| q.message_count());
+    let _ = admin
+        .queue_delete(accepting.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = connection.close(200, "test done".into()).await;
+    assert!(
+        matches!(batch, Err(PublishError::Unroutable { .. })),
+        "a mixed batch reports its returned message: {batch:?}"
+    );
+    assert_eq!(
+        depth.ok(),
+        Some((MESSAGES / 2 + 2) as u32),
+        "every plain message arrived once"
+    );
+    assert!(
+        wrong.is_empty(),
+        "{} of {MESSAGES} outcomes went to the wrong caller, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+}
