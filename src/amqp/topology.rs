@@ -70,7 +70,8 @@ impl Topology {
     /// what a worker does on every (re)connect. An exchange or the request queue that already
     /// exists with another type or other arguments is an operator error that the broker reports
     /// as PRECONDITION_FAILED. The dead-letter and audit queues are only ever written to by the
-    /// worker, so one that an operator created beforehand (say, a classic queue) is used as it is.
+    /// worker, so one that an operator created beforehand as a plain classic queue is used as it
+    /// is; any other difference is refused too.
     pub async fn declare(&self, connection: &Connection) -> Result<(), lapin::Error> {
         let mut channel = connection.create_channel().await?;
         self.declare_on(&mut channel, connection).await?;
@@ -145,13 +146,20 @@ impl Topology {
             match channel.queue_declare(queue.as_str().into(), queue_opts, args).await {
                 Ok(_) => {}
                 Err(error) if is_precondition_failed(&error) => {
-                    // The refusal closed the channel; a passive declare on a new one proves the
-                    // queue is there.
+                    // The refusal closed the channel. Only a plain classic queue is taken as it
+                    // is: a quorum dead queue without the worker's delivery limit would drop dead
+                    // letters after twenty listings, so any other difference stays an error.
                     *channel = connection.create_channel().await?;
-                    inspect(channel, queue).await?;
+                    if channel
+                        .queue_declare(queue.as_str().into(), queue_opts, classic())
+                        .await
+                        .is_err()
+                    {
+                        return Err(error);
+                    }
                     tracing::warn!(
                         queue = queue.as_str(),
-                        "the queue exists with other arguments than the worker's (quorum); using it as it is"
+                        "the queue exists as a classic queue, not the quorum queue the worker declares; using it as it is"
                     );
                 }
                 Err(error) => return Err(error),
@@ -213,6 +221,16 @@ pub fn is_precondition_failed(error: &lapin::Error) -> bool {
         lapin::ErrorKind::ProtocolError(e)
             if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
     )
+}
+
+/// Arguments that name a classic queue (the broker's default kind).
+fn classic() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("classic")),
+    );
+    args
 }
 
 /// Arguments that make a declared queue a quorum queue.

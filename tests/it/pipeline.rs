@@ -406,31 +406,41 @@ async fn enqueue_declares_the_request_queue_with_the_configured_delivery_limit()
 }
 
 /// DESIGN names the dead-letter and audit queues without saying what kind they are; an operator
-/// who created them beforehand (a classic queue, the default of most clients) must not find the
-/// worker refusing to start. The request queue's kind is the contract's, and stays enforced.
+/// who created them beforehand as classic queues (the default of most clients) must not find the
+/// worker refusing to start. Any other difference is refused: a quorum dead queue without the
+/// worker's delivery limit would drop dead letters. The request queue's kind is the contract's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_and_audit_queues_created_beforehand_as_classic_queues_are_used_as_they_are() {
     use guest_session_worker::amqp::{
         Outgoing, Publisher, connect,
-        topology::{Topology, is_precondition_failed},
+        topology::{Topology, inspect, is_precondition_failed, quorum},
     };
-    use lapin::{options::QueueDeclareOptions, types::FieldTable};
+    use lapin::{
+        options::QueueDeclareOptions,
+        types::{AMQPValue, FieldTable, LongString},
+    };
 
     let url = amqp_url().await;
-    let topology = Topology::new(&unique_prefix());
     let connection = connect(&url, "it-classic-queues").await.expect("broker reachable");
     let durable = QueueDeclareOptions {
         durable: true,
         ..Default::default()
     };
+    let mut classic = FieldTable::default();
+    classic.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("classic")),
+    );
     let channel = connection.create_channel().await.expect("channel");
+
+    let topology = Topology::new(&unique_prefix());
+    let mut leftovers = crate::leftovers::Leftovers::new(&url, &topology);
     for queue in [&topology.dead_letter_queue, &topology.audit_queue] {
         channel
             .queue_declare(queue.as_str().into(), durable, FieldTable::default())
             .await
             .expect("a classic queue");
     }
-
     topology
         .declare(&connection)
         .await
@@ -439,11 +449,10 @@ async fn dead_letter_and_audit_queues_created_beforehand_as_classic_queues_are_u
         .declare(&connection)
         .await
         .expect("and again, as on every reconnect");
-    // Still classic (a classic re-declaration is accepted), and bound: an audit record and a
-    // dead letter reach them.
+    // Still classic, and bound: an audit record and a dead letter reach them.
     for queue in [&topology.dead_letter_queue, &topology.audit_queue] {
         channel
-            .queue_declare(queue.as_str().into(), durable, FieldTable::default())
+            .queue_declare(queue.as_str().into(), durable, classic.clone())
             .await
             .expect("still a classic queue");
     }
@@ -461,27 +470,40 @@ async fn dead_letter_and_audit_queues_created_beforehand_as_classic_queues_are_u
             .expect("routed to the classic queue");
     }
     for queue in [&topology.dead_letter_queue, &topology.audit_queue] {
-        let depth = guest_session_worker::amqp::topology::inspect(&channel, queue)
-            .await
-            .expect("queue")
-            .message_count();
+        let depth = inspect(&channel, queue).await.expect("queue").message_count();
         assert_eq!(depth, 1, "{queue}");
     }
-    topology.delete(&channel).await.expect("cleanup");
+    leftovers.delete_now(&channel).await;
 
-    // A classic request queue is refused: its kind and arguments are the upstream contract.
-    let other = Topology::new(&unique_prefix());
+    // A quorum dead queue without the delivery limit is refused, as is a classic request queue.
+    let no_limit = Topology::new(&unique_prefix());
+    let mut leftovers = crate::leftovers::Leftovers::new(&url, &no_limit);
     channel
-        .queue_declare(other.request_queue.as_str().into(), durable, FieldTable::default())
+        .queue_declare(no_limit.dead_letter_queue.as_str().into(), durable, quorum())
+        .await
+        .expect("a quorum queue without x-delivery-limit");
+    let refused = no_limit.declare(&connection).await.expect_err("refused");
+    assert!(is_precondition_failed(&refused), "{refused}");
+    let channel = connection.create_channel().await.expect("channel");
+    leftovers.delete_now(&channel).await;
+
+    let classic_requests = Topology::new(&unique_prefix());
+    let mut leftovers = crate::leftovers::Leftovers::new(&url, &classic_requests);
+    channel
+        .queue_declare(
+            classic_requests.request_queue.as_str().into(),
+            durable,
+            FieldTable::default(),
+        )
         .await
         .expect("a classic queue");
-    let refused = other
+    let refused = classic_requests
         .declare(&connection)
         .await
         .expect_err("a classic request queue is refused");
     assert!(is_precondition_failed(&refused), "{refused}");
     let channel = connection.create_channel().await.expect("channel");
-    other.delete(&channel).await.expect("cleanup");
+    leftovers.delete_now(&channel).await;
     let _ = connection.close(200, "done".into()).await;
 }
 
