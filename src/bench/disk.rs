@@ -40,7 +40,7 @@ impl std::fmt::Display for Stalls {
 
 pub struct DiskProbe {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<Stalls>,
+    thread: Option<JoinHandle<Stalls>>,
     file: PathBuf,
 }
 
@@ -70,7 +70,11 @@ impl DiskProbe {
             }
             stalls
         });
-        Some(Self { stop, thread, file })
+        Some(Self {
+            stop,
+            thread: Some(thread),
+            file,
+        })
     }
 
     /// The probe's directory for a local broker: its working directory (`/var/lib/rabbitmq` for
@@ -79,10 +83,21 @@ impl DiskProbe {
         std::fs::read_link(format!("/proc/{pid}/cwd")).ok()
     }
 
-    pub fn stop(self) -> Stalls {
+    pub fn stop(mut self) -> Stalls {
         self.stop.store(true, Ordering::Relaxed);
-        let stalls = self.thread.join().unwrap_or_default();
+        let stalls = self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default();
         let _ = std::fs::remove_file(&self.file);
         stalls
+    }
+}
+
+/// A bench that fails or panics mid-round still stops the thread and removes its file.
+impl Drop for DiskProbe {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let _ = std::fs::remove_file(&self.file);
     }
 }

@@ -391,7 +391,7 @@ sink, nobody consumes it). *Latency
 scaling*: steady-state rate after the first round trips. *Added latency*: per request, event
 received by a consumer − request published − the simulator's latency, in rounds (each a fresh
 worker, then the bare relay), reporting the round with the median p99 and listing every round: this
-machine's disk now and then stalls an fsync for tens of milliseconds (up to 110 ms seen), which holds
+machine's disk now and then stalls an fsync for tens of milliseconds (up to 107 ms seen), which holds
 every message of that moment in the broker's quorum log. On 2026-12-01, rounds that met such a
 stall gave p99 20–40 ms, the others 2.6–3.6 ms (once 7 ms). *Memory*: the worker's
 `VmHWM`. Figures move by ±15 % from run to run on this shared 2-core machine (all processes slow
@@ -593,7 +593,13 @@ pub async fn run(options: &PerfOptions, progress: &(dyn Fn(&str) + Sync)) -> Res
     }
 
     if wanted(Scenario::Latency) {
-        for round in 1..=options.latency_rounds.max(1) {
+        // `--only` (profiling) runs its scenario once.
+        let latency_rounds = if options.only.is_some() {
+            1
+        } else {
+            options.latency_rounds.max(1)
+        };
+        for round in 1..=latency_rounds {
             cpu::broker_settled(broker, options.settle_timeout).await;
             progress(&format!(
                 "latency round {round}: added latency: {} req/s offered, simulator at {} ms",

@@ -83,21 +83,22 @@ struct TokenResponse {
     expires_in: Option<u64>,
 }
 
+/// The longest `expires_in` believed: a week (Genesys issues tokens for a day by default).
+const MAX_LIFETIME_SECS: u64 = 7 * 24 * 3600;
+
 /// `expires_in` as Genesys sends it (an integer), or as a float or a numeric string, which some
-/// OAuth servers and proxies send; anything else counts as absent rather than failing the token.
+/// OAuth servers and proxies send; anything else, or a value under a second, counts as absent
+/// rather than failing the token, and a value above a week counts as a week.
 fn lifetime_secs<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
     let value = Option::<serde_json::Value>::deserialize(deserializer)?;
     let secs = match value {
-        Some(serde_json::Value::Number(n)) => n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0) as u64)),
-        Some(serde_json::Value::String(s)) => s
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|f| f.is_finite())
-            .map(|f| f.max(0.0) as u64),
+        Some(serde_json::Value::Number(n)) => n.as_f64(),
+        Some(serde_json::Value::String(s)) => s.trim().parse::<f64>().ok(),
         _ => None,
     };
-    Ok(secs)
+    Ok(secs
+        .filter(|s| s.is_finite() && *s >= 1.0)
+        .map(|s| (s as u64).min(MAX_LIFETIME_SECS)))
 }
 
 struct CachedToken {
@@ -367,5 +368,15 @@ mod tests {
         assert_eq!(lifetime(r#"{"access_token":"a","expires_in":"soon"}"#), Ok(None));
         assert_eq!(lifetime(r#"{"access_token":"a","expires_in":null}"#), Ok(None));
         assert_eq!(lifetime(r#"{"access_token":"a"}"#), Ok(None));
+        assert_eq!(lifetime(r#"{"access_token":"a","expires_in":0}"#), Ok(None));
+        assert_eq!(lifetime(r#"{"access_token":"a","expires_in":-5}"#), Ok(None));
+        assert_eq!(
+            lifetime(r#"{"access_token":"a","expires_in":1e30}"#),
+            Ok(Some(MAX_LIFETIME_SECS))
+        );
+        assert_eq!(
+            lifetime(r#"{"access_token":"a","expires_in":"1e30"}"#),
+            Ok(Some(MAX_LIFETIME_SECS))
+        );
     }
 }

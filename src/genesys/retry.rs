@@ -124,7 +124,7 @@ impl RetryPolicy {
     ) -> Option<Duration> {
         let delay = match (error.failure, error.retry_after) {
             (Failure::Reauthenticate, _) => Duration::ZERO,
-            (_, Some(retry_after)) if retry_after > self.max_retry_after && error.status != Some(429) => {
+            (_, Some(retry_after)) if retry_after > self.max_retry_after && matches!(error.status, Some(500..=599)) => {
                 with_small_jitter(self.max_retry_after)
             }
             (_, Some(retry_after)) if retry_after > self.max_retry_after => {
