@@ -270,9 +270,18 @@ impl RawRequest {
 
 fn unknown_field(prefix: &str, field: &str, known: &[&str]) -> Fail {
     let expected: Vec<String> = known.iter().map(|k| format!("{prefix}{k}")).collect();
+    // As for attribute keys: a name outside the key alphabet may be a misplaced value.
+    let plain = (1..=MAX_ATTRIBUTE_KEY_CHARS).contains(&field.len())
+        && field
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    let named = if plain {
+        quote(&format!("{prefix}{field}"))
+    } else {
+        format!("({} characters, not quoted)", field.chars().count())
+    };
     Fail::malformed(format!(
-        "unknown field {} (expected one of: {})",
-        quote(&format!("{prefix}{field}")),
+        "unknown field {named} (expected one of: {})",
         expected.join(", ")
     ))
 }
