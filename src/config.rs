@@ -19,7 +19,8 @@ pub struct WorkerArgs {
     /// Seconds to finish in-flight work after SIGTERM before returning it to the queue.
     #[arg(long, env = "WORKER_SHUTDOWN_GRACE_SECS", default_value_t = 25)]
     pub shutdown_grace_secs: u64,
-    /// Confirm-mode publisher channels (each driven by one task).
+    /// Confirm-mode publisher channels (each driven by one task); mandatory messages (the events)
+    /// get as many of their own.
     #[arg(long, env = "WORKER_PUBLISHER_CHANNELS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub publisher_channels: u16,
     /// Redeliveries after which the broker dead-letters a message (poison-message guard).

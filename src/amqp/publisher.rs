@@ -81,7 +81,8 @@ pub struct Publisher {
     lanes: Arc<[Lane]>,
     /// For mandatory messages only (see the module comment).
     mandatory_lanes: Arc<[Lane]>,
-    next: Arc<AtomicUsize>,
+    /// Round-robin positions in `lanes` and in `mandatory_lanes`.
+    next: Arc<[AtomicUsize; 2]>,
 }
 
 impl Publisher {
@@ -91,7 +92,7 @@ impl Publisher {
         Ok(Self {
             lanes: open_lanes(connection, lanes).await?,
             mandatory_lanes: open_lanes(connection, lanes).await?,
-            next: Arc::new(AtomicUsize::new(0)),
+            next: Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]),
         })
     }
 
@@ -101,8 +102,8 @@ impl Publisher {
         pending.confirmed().await
     }
 
-    /// Publishes every message (in order, on one lane, in one batch) and then waits for all their
-    /// confirms.
+    /// Publishes every message (in order, in one batch per kind: mandatory ones on their own lane)
+    /// and then waits for all their confirms.
     pub async fn publish_all(&self, messages: Vec<Outgoing>) -> Result<(), PublishError> {
         let started = self.start(messages).await?;
         let mut pending = Vec::with_capacity(started.len());
@@ -144,7 +145,8 @@ impl Publisher {
 
     async fn start_on(&self, mandatory: bool, messages: Vec<Outgoing>) -> Result<Vec<Started>, PublishError> {
         let lanes = if mandatory { &self.mandatory_lanes } else { &self.lanes };
-        let lane = &lanes[self.next.fetch_add(1, Ordering::Relaxed) % lanes.len()];
+        let next = &self.next[usize::from(mandatory)];
+        let lane = &lanes[next.fetch_add(1, Ordering::Relaxed) % lanes.len()];
         let (reply, started) = oneshot::channel();
         lane.jobs
             .send(Job { messages, reply })
@@ -276,6 +278,10 @@ impl Pending {
         } = self;
         match confirm.await {
             Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => Ok(()),
+            // Whichever message the return was: on the worker's event lanes every message goes to
+            // one exchange with one routing key, so all are returned or none (but for the moment a
+            // binding changes). Checking the return's own id would make things worse there: when
+            // all are returned, a publish handed another one's return would pass as routed.
             Ok(Confirmation::Ack(Some(_returned))) => Err(PublishError::Unroutable { exchange, routing_key }),
             Ok(Confirmation::Nack(_)) => Err(PublishError::Nacked { exchange }),
             Err(source) => Err(PublishError::Channel { exchange, source }),
