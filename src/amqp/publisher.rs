@@ -127,11 +127,10 @@ impl Publisher {
     /// Starts `messages` in order on one lane; a batch that mixes mandatory messages with others
     /// is started as two (each kind in its order), and handed back in the caller's order.
     async fn start(&self, messages: Vec<Outgoing>) -> Result<Vec<Started>, PublishError> {
-        let mandatory = messages.iter().filter(|m| m.mandatory).count();
-        if mandatory == 0 || mandatory == messages.len() {
-            return self.start_on(mandatory > 0, messages).await;
-        }
         let kinds: Vec<bool> = messages.iter().map(|m| m.mandatory).collect();
+        if kinds.windows(2).all(|pair| pair[0] == pair[1]) {
+            return self.start_on(kinds.first() == Some(&true), messages).await;
+        }
         let (returnable, plain): (Vec<Outgoing>, Vec<Outgoing>) = messages.into_iter().partition(|m| m.mandatory);
         let (mut returnable, mut plain) = (
             self.start_on(true, returnable).await?.into_iter(),

@@ -83,11 +83,10 @@ impl DiskProbe {
         std::fs::read_link(format!("/proc/{pid}/cwd")).ok()
     }
 
+    /// What the probe saw; dropping it then removes its file.
     pub fn stop(mut self) -> Stalls {
         self.stop.store(true, Ordering::Relaxed);
-        let stalls = self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default();
-        let _ = std::fs::remove_file(&self.file);
-        stalls
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
     }
 }
 

@@ -90,13 +90,6 @@ async fn probing(
     Ok((measured?, stalls))
 }
 
-/// The offered load: how many requests, how fast.
-#[derive(Debug, Clone, Copy)]
-struct Offer {
-    rate: u32,
-    secs: f64,
-}
-
 /// The worker's added latency at the options' offered load, its simulator at their latency.
 pub async fn through_worker(options: &PerfOptions) -> Result<AddedLatency, BenchError> {
     let config = unthrottled_sim(options.offered_latency_ms);
@@ -105,13 +98,11 @@ pub async fn through_worker(options: &PerfOptions) -> Result<AddedLatency, Bench
     let lab = Lab::open(&options.amqp_url, &prefix).await?;
     let result = async {
         let mut workers = Workers::spawn(&spec(options, &sim, &config, &prefix, 64), 1).await?;
-        let measured = match workers.wait_ready(Duration::from_secs(30)).await {
-            Ok(()) => {
-                let simulated = Duration::from_millis(options.offered_latency_ms);
-                offer_and_time(&lab, offer(options), simulated).await
-            }
-            Err(error) => Err(error),
-        };
+        let measured = async {
+            workers.wait_ready(Duration::from_secs(30)).await?;
+            offer_and_time(&lab, options, Duration::from_millis(options.offered_latency_ms)).await
+        }
+        .await;
         workers.stop().await;
         measured
     }
@@ -121,21 +112,15 @@ pub async fn through_worker(options: &PerfOptions) -> Result<AddedLatency, Bench
     result
 }
 
-fn offer(options: &PerfOptions) -> Offer {
-    Offer {
-        rate: options.offered_rate,
-        secs: options.offered_secs,
-    }
-}
-
 /// The same offered load through a bare relay in this process instead of the worker.
 pub async fn through_relay(options: &PerfOptions) -> Result<AddedLatency, BenchError> {
     let prefix = unique_prefix(&options.name_prefix, "latency-relay");
     let lab = Lab::open(&options.amqp_url, &prefix).await?;
-    let result = match relay(&lab).await {
-        Ok(()) => offer_and_time(&lab, offer(options), Duration::ZERO).await,
-        Err(error) => Err(error),
-    };
+    let result = async {
+        relay(&lab).await?;
+        offer_and_time(&lab, options, Duration::ZERO).await
+    }
+    .await;
     // Stops the relay with the other observers.
     lab.close().await;
     result
@@ -186,7 +171,7 @@ async fn relay(lab: &Lab) -> Result<(), BenchError> {
 
 /// Publishes the offered load at its rate (20 warm-up requests first) and times each request's
 /// event, less `simulated`.
-async fn offer_and_time(lab: &Lab, offer: Offer, simulated: Duration) -> Result<AddedLatency, BenchError> {
+async fn offer_and_time(lab: &Lab, options: &PerfOptions, simulated: Duration) -> Result<AddedLatency, BenchError> {
     let received = watch_events(lab).await?;
     let publisher = &lab.publisher;
     // Warm the path (token, connections) before measuring.
@@ -197,8 +182,8 @@ async fn offer_and_time(lab: &Lab, offer: Offer, simulated: Duration) -> Result<
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let total = (f64::from(offer.rate) * offer.secs) as usize;
-    let interval = Duration::from_secs_f64(1.0 / f64::from(offer.rate));
+    let total = (f64::from(options.offered_rate) * options.offered_secs) as usize;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(options.offered_rate));
     let mut sent_at: HashMap<String, Instant> = HashMap::with_capacity(total);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);

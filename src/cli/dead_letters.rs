@@ -13,7 +13,7 @@ use crate::{
         topology::{REQUEST_ROUTING_KEY, inspect},
     },
     pipeline::dead_letter::{self, properties_for_replay},
-    request::is_well_formed_id,
+    request::request_id_of,
 };
 
 #[derive(clap::Subcommand)]
@@ -64,21 +64,15 @@ pub fn reason_of(properties: &BasicProperties) -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
-/// How `list` names a dead letter: its `message_id`, else the body's `request_id` (when the body is
-/// JSON with a well-formed one), else its `correlation_id`.
+/// How `list` names a dead letter: its `message_id`, else the body's well-formed `request_id`,
+/// else its `correlation_id`.
 fn shown_id(delivery: &lapin::message::Delivery) -> String {
     let properties = &delivery.properties;
-    if let Some(id) = properties.message_id() {
-        return id.to_string();
-    }
-    #[derive(serde::Deserialize)]
-    struct Body {
-        request_id: Option<serde_json::Value>,
-    }
-    serde_json::from_slice::<Body>(&delivery.data)
-        .ok()
-        .and_then(|body| body.request_id)
-        .and_then(|id| id.as_str().filter(|id| is_well_formed_id(id)).map(str::to_owned))
+    properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.to_string())
+        .or_else(|| request_id_of(&delivery.data))
         .or_else(|| properties.correlation_id().as_ref().map(|c| c.to_string()))
         .unwrap_or_else(|| "-".into())
 }

@@ -101,15 +101,6 @@ fn read_file(path: &PathBuf) -> anyhow::Result<Vec<Vec<u8>>> {
     if whole.as_ref().is_ok_and(|v| v.is_object()) {
         return Ok(vec![text]);
     }
-    // A lone `{` is never a JSON-lines record: this is one pretty-printed object that does not
-    // parse, and its lines sent one by one would be as many malformed requests.
-    let first_line = text
-        .split(|b| *b == b'\n')
-        .map(<[u8]>::trim_ascii)
-        .find(|l| !l.is_empty());
-    if let (Some(b"{"), Err(error)) = (first_line, whole) {
-        bail!("{} is not one valid JSON object: {error}", path.display());
-    }
     let lines: Vec<Vec<u8>> = text
         .split(|b| *b == b'\n')
         .map(|l| l.trim_ascii().to_vec())
@@ -117,6 +108,11 @@ fn read_file(path: &PathBuf) -> anyhow::Result<Vec<Vec<u8>>> {
         .collect();
     if lines.is_empty() {
         bail!("{} holds no request", path.display());
+    }
+    // A lone `{` is never a JSON-lines record: this is one pretty-printed object that does not
+    // parse, and its lines sent one by one would be as many malformed requests.
+    if let (Some(b"{"), Err(error)) = (lines.first().map(Vec::as_slice), whole) {
+        bail!("{} is not one valid JSON object: {error}", path.display());
     }
     // Lines are sent as they are, even when one is not valid JSON: rejecting bad requests (with a
     // dead letter saying why) is the worker's job, and a test harness may want exactly that.

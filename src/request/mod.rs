@@ -22,5 +22,5 @@ mod tests;
 pub use rejection::{RejectReason, Rejection};
 pub use validated::{Consent, Routing, ValidatedRequest};
 pub use validation::{
-    DEFAULT_PII_PATTERNS, MAX_BODY_BYTES, MAX_CUSTOM_ATTRIBUTES_BYTES, ValidationPolicy, is_well_formed_id, validate,
+    DEFAULT_PII_PATTERNS, MAX_BODY_BYTES, MAX_CUSTOM_ATTRIBUTES_BYTES, ValidationPolicy, request_id_of, validate,
 };

@@ -270,15 +270,10 @@ impl RawRequest {
 
 fn unknown_field(prefix: &str, field: &str, known: &[&str]) -> Fail {
     let expected: Vec<String> = known.iter().map(|k| format!("{prefix}{k}")).collect();
-    // As for attribute keys: a name outside the key alphabet may be a misplaced value.
-    let plain = (1..=MAX_ATTRIBUTE_KEY_CHARS).contains(&field.len())
-        && field
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    let named = if plain {
+    let named = if is_key_shaped(field) {
         quote(&format!("{prefix}{field}"))
     } else {
-        format!("({} characters, not quoted)", field.chars().count())
+        unquoted(field)
     };
     Fail::malformed(format!(
         "unknown field {named} (expected one of: {})",
@@ -356,12 +351,18 @@ fn is_plain_text(s: &str, min: usize, max: usize) -> bool {
     chars_within(s, min, max) && !s.chars().any(char::is_control)
 }
 
-pub fn is_well_formed_id(id: &str) -> bool {
+fn is_well_formed_id(id: &str) -> bool {
     // The alphabet is ASCII, so bytes are chars.
     (1..=MAX_ID_CHARS).contains(&id.len())
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// The body's `request_id` if it has a well-formed one, read as leniently as for a rejection's
+/// context (also from a body that is not valid JSON after it).
+pub fn request_id_of(body: &[u8]) -> Option<String> {
+    probe(body).request_id.filter(|id| is_well_formed_id(id))
 }
 
 /// A copy of the id in `value` if it is well formed (for the context of a rejection).
@@ -400,18 +401,27 @@ fn check_display_name(value: Option<Json>) -> Result<Option<String>, Fail> {
     }
 }
 
-fn check_attribute_key(key: &str) -> Result<(), Fail> {
+/// 1 to 64 characters of `A-Z a-z 0-9 . _ -`: an attribute key, or a name safe to quote.
+fn is_key_shaped(name: &str) -> bool {
     // The alphabet is ASCII, so bytes are chars.
-    let well_formed = (1..=MAX_ATTRIBUTE_KEY_CHARS).contains(&key.len())
-        && key
+    (1..=MAX_ATTRIBUTE_KEY_CHARS).contains(&name.len())
+        && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if !well_formed {
-        // Not quoted: a key outside the alphabet is often a value put in the wrong place (an
-        // e-mail address, a name), and the detail travels in a header and in logs.
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// How a detail names a key or field that is not key-shaped: not quoted, since such a name is
+/// often a value put in the wrong place (an e-mail address, a name), and the detail travels in a
+/// header and in logs.
+fn unquoted(name: &str) -> String {
+    format!("({} characters, not quoted)", name.chars().count())
+}
+
+fn check_attribute_key(key: &str) -> Result<(), Fail> {
+    if !is_key_shaped(key) {
         return Err(Fail::invalid(format!(
-            "an attribute key ({} characters, not quoted) must be 1-{MAX_ATTRIBUTE_KEY_CHARS} characters of A-Z a-z 0-9 . _ -",
-            key.chars().count()
+            "an attribute key {} must be 1-{MAX_ATTRIBUTE_KEY_CHARS} characters of A-Z a-z 0-9 . _ -",
+            unquoted(key)
         )));
     }
     if let Some(prefix) = RESERVED_KEY_PREFIXES.iter().find(|p| key.starts_with(*p)) {

@@ -4,7 +4,7 @@
 //! broker nacks each publish); a confirm handed to the wrong caller shows up as an `Ok` for the
 //! refusing queue or a `Nacked` for the accepting one.
 
-use guest_session_worker::amqp::{Outgoing, PublishError, Publisher, connect};
+use guest_session_worker::amqp::{Outgoing, PublishError, Publisher, connect, topology::inspect};
 use lapin::{
     BasicProperties,
     options::{QueueDeclareOptions, QueueDeleteOptions},
@@ -86,15 +86,7 @@ async fn every_concurrent_caller_gets_the_confirm_of_its_own_message() {
         "a batch with one refused message fails: {batch:?}"
     );
 
-    let depth = admin
-        .queue_declare(
-            accepting.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    let depth = inspect(&admin, &accepting)
         .await
         .expect("passive declare")
         .message_count();
@@ -165,17 +157,7 @@ async fn a_returned_mandatory_message_is_reported_to_its_own_caller() {
             message(&accepting, 2),
         ])
         .await;
-    let depth = admin
-        .queue_declare(
-            accepting.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map(|q| q.message_count());
+    let depth = inspect(&admin, &accepting).await.map(|q| q.message_count());
     let _ = admin
         .queue_delete(accepting.as_str().into(), QueueDeleteOptions::default())
         .await;
