@@ -26,8 +26,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{
     Disposition, PipelineContext,
-    inflight::{Claim, InFlightRequests, RequestKey},
-    process::{process_rejected, process_valid},
+    inflight::{Claim, InFlightRequests, RequestKey, Settled},
+    process::{process_copy, process_rejected, process_valid},
     settler::{Settler, requeue},
 };
 use crate::{health::Readiness, request::validate, telemetry::propagation};
@@ -299,7 +299,8 @@ async fn handle(
 }
 
 /// Runs the pipeline, unless a copy of the same valid request in flight in this replica created
-/// the session and had its event confirmed, which settles this one too (see [`super::inflight`]).
+/// the session and had its event confirmed, which settles this one too: it then only gets its own
+/// audit record and reply (see [`super::inflight`]).
 /// A copy whose first copy was dead-lettered is processed itself, after the first. An invalid
 /// request never reaches Genesys, so it is dead-lettered without waiting for other copies.
 async fn process_once(ctx: &PipelineContext, requests: &InFlightRequests, delivery: &Delivery) -> Disposition {
@@ -313,26 +314,23 @@ async fn process_once(ctx: &PipelineContext, requests: &InFlightRequests, delive
     loop {
         match requests.claim(&key) {
             Claim::Leader(leader) => {
-                let disposition = process_valid(ctx, delivery, &request, started, received_at).await;
+                let (disposition, session) = process_valid(ctx, delivery, &request, started, received_at).await;
                 leader.settle(match &disposition {
-                    Disposition::Ack(outcome) => Some(outcome),
+                    Disposition::Ack(outcome) => Some(Settled {
+                        outcome: outcome.clone(),
+                        session,
+                    }),
                     Disposition::Requeue { .. } => None,
                 });
                 return disposition;
             }
             Claim::Follower(follower) => {
-                if let Some(outcome) = follower.outcome().await {
+                if let Some(settled) = follower.outcome().await {
                     tracing::info!(
                         request_id = key.request_id(),
-                        outcome = outcome.label(),
-                        "a copy of this request in flight in this replica created its session; acking this one without processing it again"
+                        "a copy of this request in flight in this replica created its session; answering this one from it without a second Genesys call or event"
                     );
-                    let span = tracing::Span::current();
-                    span.record("guest_session.outcome", outcome.label());
-                    if let Some(reason) = outcome.reason() {
-                        span.record("guest_session.reason", reason);
-                    }
-                    return Disposition::Ack(outcome);
+                    return process_copy(ctx, delivery, &request, &settled, started).await;
                 }
             }
         }

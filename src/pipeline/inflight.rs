@@ -10,8 +10,11 @@
 //! So the first copy to arrive *leads*: it runs the pipeline. A later copy *follows*: it waits
 //! for the leader's settlement and then
 //! - if the leader created the session and its `session.created` event was confirmed by the
-//!   broker, and the follower's body is byte-identical, the follower is acked with that same
-//!   outcome: the request already has its event, and a second would only be a duplicate;
+//!   broker, and the follower's body is byte-identical, the follower shares that outcome: the
+//!   request already has its event, and a second would only be a duplicate. The follower still
+//!   answers for itself (its own audit record, and its own reply when it set `reply_to`: a
+//!   republished copy often comes from a new connection with a new reply queue), from the
+//!   leader's session;
 //! - otherwise the follower claims again and runs the pipeline itself. That covers a leader whose
 //!   publish failed or that was aborted (a shutdown, a lost connection), a follower with a
 //!   different body under the same request id (not assumed to be a copy: it gets its own outcome),
@@ -40,6 +43,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::Outcome;
+use crate::genesys::CreatedSession;
 
 /// What identifies a copy: the request id and the exact body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,11 +66,19 @@ impl RequestKey {
     }
 }
 
+/// A leader's confirmed run: every publish for the request was confirmed by the broker.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    /// The request's terminal outcome.
+    pub outcome: Outcome,
+    /// The session the leader created, when it did: a follower answers its own requester with it.
+    pub session: Option<Arc<CreatedSession>>,
+}
+
 /// How a leader ended.
 #[derive(Debug, Clone)]
 enum Settlement {
-    /// Every publish for the request was confirmed by the broker: this is its terminal outcome.
-    Confirmed(Outcome),
+    Confirmed(Settled),
     /// Nothing was confirmed (a publish failed, or the work was abandoned).
     NotConfirmed,
 }
@@ -153,13 +165,13 @@ pub struct Leader {
 }
 
 impl Leader {
-    /// `Some(outcome)` when every publish for the request was confirmed, `None` otherwise.
-    pub fn settle(mut self, confirmed: Option<&Outcome>) {
+    /// `Some` when every publish for the request was confirmed, `None` otherwise.
+    pub fn settle(mut self, confirmed: Option<Settled>) {
         // Leave the map first, so a follower that wakes up and claims again finds it free.
         self.requests.release(&self.request_id, self.id);
         if let Some(tx) = self.settled.take() {
             let settlement = match confirmed {
-                Some(outcome) => Settlement::Confirmed(outcome.clone()),
+                Some(settled) => Settlement::Confirmed(settled),
                 None => Settlement::NotConfirmed,
             };
             let _ = tx.send(Some(settlement));
@@ -183,17 +195,21 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// Waits for the leader. `Some(outcome)`: the leader created the session and its event was
-    /// confirmed, which settles this copy too (ack it). `None`: claim again and process it; that
-    /// includes a confirmed dead letter, which is not shared (see the module comment).
-    pub async fn outcome(mut self) -> Option<Outcome> {
+    /// Waits for the leader. `Some`: the leader created the session and its event was confirmed,
+    /// which settles this copy too (answer for it, then ack it). `None`: claim again and process
+    /// it; that includes a confirmed dead letter, which is not shared (see the module comment).
+    pub async fn outcome(mut self) -> Option<Settled> {
         let settlement = match self.settled.wait_for(Option::is_some).await {
             Ok(settled) => settled.clone(),
             // The leader was dropped without settling.
             Err(_) => None,
         };
         match settlement {
-            Some(Settlement::Confirmed(outcome @ Outcome::Created { .. })) if self.same_body => Some(outcome),
+            Some(Settlement::Confirmed(settled))
+                if self.same_body && matches!(settled.outcome, Outcome::Created { .. }) =>
+            {
+                Some(settled)
+            }
             _ => None,
         }
     }
@@ -217,6 +233,10 @@ mod tests {
         Outcome::Created { attempts: 1 }
     }
 
+    fn settled(outcome: Outcome) -> Option<Settled> {
+        Some(Settled { outcome, session: None })
+    }
+
     #[tokio::test]
     async fn a_follower_of_the_same_body_shares_the_confirmed_outcome() {
         let requests = InFlightRequests::default();
@@ -230,8 +250,9 @@ mod tests {
         let waiting = tokio::spawn(follower.outcome());
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished(), "a follower waits for its leader");
-        leader.settle(Some(&created()));
-        assert_eq!(waiting.await.unwrap(), Some(created()));
+        leader.settle(settled(created()));
+        let shared = waiting.await.unwrap().expect("shared");
+        assert_eq!(shared.outcome, created());
         assert!(requests.is_empty());
     }
 
@@ -246,7 +267,7 @@ mod tests {
             panic!("follows")
         };
         leader.settle(None);
-        assert_eq!(follower.outcome().await, None);
+        assert!(follower.outcome().await.is_none());
 
         let Claim::Leader(leader) = requests.claim(&k) else {
             panic!("free again after settling")
@@ -255,7 +276,7 @@ mod tests {
             panic!("follows")
         };
         drop(leader);
-        assert_eq!(follower.outcome().await, None);
+        assert!(follower.outcome().await.is_none());
         assert!(matches!(requests.claim(&k), Claim::Leader(_)));
     }
 
@@ -268,8 +289,8 @@ mod tests {
         let Claim::Follower(follower) = requests.claim(&key(r#"{"request_id":"r1","guest_id":"g"}"#)) else {
             panic!("same id follows")
         };
-        leader.settle(Some(&created()));
-        assert_eq!(follower.outcome().await, None);
+        leader.settle(settled(created()));
+        assert!(follower.outcome().await.is_none());
     }
 
     #[tokio::test]
@@ -294,8 +315,8 @@ mod tests {
             let waiting = tokio::spawn(follower.outcome());
             tokio::time::sleep(Duration::from_millis(20)).await;
             assert!(!waiting.is_finished(), "a follower waits for its leader");
-            leader.settle(Some(&dead_lettered));
-            assert_eq!(waiting.await.unwrap(), None, "{dead_lettered:?}");
+            leader.settle(settled(dead_lettered.clone()));
+            assert!(waiting.await.unwrap().is_none(), "{dead_lettered:?}");
             // The follower then leads its own run (one at a time, never alongside the first).
             assert!(matches!(requests.claim(&k), Claim::Leader(_)));
         }

@@ -3,7 +3,7 @@
 //! then its event, audit record and reply published ([`process_valid`]). Either way the result
 //! says whether the consumer acks or requeues the delivery.
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use chrono::Utc;
 use lapin::{BasicProperties, message::Delivery, types::ShortString};
@@ -13,13 +13,14 @@ use super::{
     Disposition, Outcome,
     dead_letter::{DeadLetterCause, dead_letter},
     event::SessionCreatedEvent,
+    inflight::Settled,
     outcome::EVENT_UNROUTABLE,
     reply::{Reply, ReplySession, reply_message},
 };
 use crate::{
     amqp::{Outgoing, PublishError, Publisher, Topology, topology::EVENT_ROUTING_KEY},
     audit::{AuditOutcome, AuditRecord, Pseudonymizer},
-    genesys::{CreateError, GenesysClient},
+    genesys::{CreateError, CreatedSession, GenesysClient},
     metrics::Metrics,
     request::{Consent, RejectReason, Rejection, ValidatedRequest, ValidationPolicy},
     telemetry::propagation,
@@ -46,16 +47,50 @@ pub async fn process_rejected(
     disposition(ctx, outcome, started)
 }
 
-/// Creates the session of a valid request and publishes what follows from it.
+/// Creates the session of a valid request and publishes what follows from it. Hands back the
+/// session once it is created and announced, for copies of the request in flight alongside.
 pub async fn process_valid(
     ctx: &PipelineContext,
     delivery: &Delivery,
     request: &ValidatedRequest,
     started: Instant,
     received_at: chrono::DateTime<Utc>,
+) -> (Disposition, Option<Arc<CreatedSession>>) {
+    let (outcome, published, session) = create(ctx, delivery, request, started, received_at).await;
+    (disposition(ctx, (outcome, published), started), session)
+}
+
+/// Answers for a copy of a request whose first copy created the session (see
+/// [`super::inflight`]): the copy's own audit record and, when it set `reply_to`, its own reply,
+/// from the first copy's session. No second Genesys call and no second event.
+pub async fn process_copy(
+    ctx: &PipelineContext,
+    delivery: &Delivery,
+    request: &ValidatedRequest,
+    settled: &Settled,
+    started: Instant,
 ) -> Disposition {
-    let outcome = create(ctx, delivery, request, started, received_at).await;
-    disposition(ctx, outcome, started)
+    let outcome = settled.outcome.clone();
+    let audit = created_audit(ctx, request, outcome.attempts(), started);
+    let reply = created_reply(request, settled.session.as_deref());
+    let span = publish_span(&ctx.topology.audit_exchange, "", None);
+    let messages = span.in_scope(|| {
+        let mut messages = vec![audit_message(ctx, &audit)];
+        messages.extend(reply_to(delivery, &reply));
+        messages
+    });
+    span.record("messaging.batch.message_count", messages.len());
+    let published = publish_traced(ctx, messages, &span).await;
+    drop(span);
+    let consume_span = tracing::Span::current();
+    match published {
+        Ok(()) => {
+            audit.log();
+            consume_span.record("guest_session.outcome", outcome.label());
+            Disposition::Ack(outcome)
+        }
+        Err(error) => requeue(ctx, error),
+    }
 }
 
 fn disposition(
@@ -75,15 +110,20 @@ fn disposition(
             }
             Disposition::Ack(outcome)
         }
-        (_, Err(error)) => {
-            ctx.metrics.record_requeue();
-            consume_span.record("error.type", "publish_unconfirmed");
-            consume_span.record("otel.status_code", "ERROR");
-            tracing::warn!(error = %error, "publishing for a request failed; it will be redelivered");
-            Disposition::Requeue {
-                cause: error.to_string(),
-            }
-        }
+        (_, Err(error)) => requeue(ctx, error),
+    }
+}
+
+/// A publish for the request was not confirmed: it goes back to the queue, and the consume span
+/// (the caller's) says so.
+fn requeue(ctx: &PipelineContext, error: PublishError) -> Disposition {
+    ctx.metrics.record_requeue();
+    let consume_span = tracing::Span::current();
+    consume_span.record("error.type", "publish_unconfirmed");
+    consume_span.record("otel.status_code", "ERROR");
+    tracing::warn!(error = %error, "publishing for a request failed; it will be redelivered");
+    Disposition::Requeue {
+        cause: error.to_string(),
     }
 }
 
@@ -135,7 +175,7 @@ async fn create(
     request: &ValidatedRequest,
     started: Instant,
     received_at: chrono::DateTime<Utc>,
-) -> (Outcome, Result<(), PublishError>) {
+) -> (Outcome, Result<(), PublishError>, Option<Arc<CreatedSession>>) {
     info_span!("validate", outcome = "passed").in_scope(|| {});
     // Boxed: the retrying HTTP call is by far the largest state machine of the pipeline, and moving
     // it inline with every spawned handler showed up as a tenth of the CPU (memmove) in profiles.
@@ -147,23 +187,8 @@ async fn create(
                 attempts: session.attempts,
             };
             let event = SessionCreatedEvent::new(request, &session, received_at, latency_ms);
-            let audit = AuditRecord {
-                request_id: Some(request.request_id().to_string()),
-                guest_ref: Some(ctx.pseudonymizer.guest_ref(request.guest_id())),
-                outcome: AuditOutcome::Created,
-                reason: None,
-                attempts: session.attempts,
-                routing_success: true,
-                validation_passed: true,
-                ..audit_base(Some(request.consent()), false, started)
-            };
-            let reply = Reply {
-                request_id: Some(request.request_id()),
-                outcome: "created",
-                reason: None,
-                detail: None,
-                session: Some(ReplySession::from_created(&session)),
-            };
+            let audit = created_audit(ctx, request, session.attempts, started);
+            let reply = created_reply(request, Some(&session));
             let span = publish_span(&ctx.topology.crm_exchange, EVENT_ROUTING_KEY, Some(&event.event_id));
             // Built inside the publish span, so each message's `traceparent` names it as parent.
             let (event_out, follow_up) = span.in_scope(|| {
@@ -184,7 +209,7 @@ async fn create(
             match published {
                 Ok(()) => {
                     audit.log();
-                    (outcome, Ok(()))
+                    (outcome, Ok(()), Some(Arc::new(session)))
                 }
                 // The session exists but nobody can hear about it: park the request where an
                 // operator sees it; a replay finds the same conversation (same messageId).
@@ -216,9 +241,10 @@ async fn create(
                             attempts: session.attempts,
                         },
                         result,
+                        None,
                     )
                 }
-                Err(error) => (outcome, Err(error)),
+                Err(error) => (outcome, Err(error), None),
             }
         }
         Err(error) => {
@@ -257,6 +283,7 @@ async fn create(
                     attempts: error.attempts(),
                 },
                 result,
+                None,
             )
         }
     }
@@ -329,6 +356,31 @@ async fn publish_traced(
 }
 
 /// `privacy_compliant`: consent to data processing given and no personal-data key blocked.
+/// The audit record of a created session.
+fn created_audit(ctx: &PipelineContext, request: &ValidatedRequest, attempts: u32, started: Instant) -> AuditRecord {
+    AuditRecord {
+        request_id: Some(request.request_id().to_string()),
+        guest_ref: Some(ctx.pseudonymizer.guest_ref(request.guest_id())),
+        outcome: AuditOutcome::Created,
+        reason: None,
+        attempts,
+        routing_success: true,
+        validation_passed: true,
+        ..audit_base(Some(request.consent()), false, started)
+    }
+}
+
+/// The reply announcing a created session.
+fn created_reply<'a>(request: &'a ValidatedRequest, session: Option<&'a CreatedSession>) -> Reply<'a> {
+    Reply {
+        request_id: Some(request.request_id()),
+        outcome: "created",
+        reason: None,
+        detail: None,
+        session: session.map(ReplySession::from_created),
+    }
+}
+
 fn audit_base(consent: Option<Consent>, pii_blocked: bool, started: Instant) -> AuditRecord {
     let consent_given = consent.map(|c| c.data_processing);
     AuditRecord {

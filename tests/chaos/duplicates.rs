@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+use guest_session_worker::amqp::request_message;
+use lapin::types::FieldTable;
+
 use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,6 +42,81 @@ async fn copies_in_flight_together_are_processed_once() {
     assert_eq!(stats.sessions_created, 1);
     assert_eq!(stats.duplicates, 1, "only the variant reached Genesys a second time");
     assert_eq!(world.count(&world.topology.request_queue).await, 0, "every copy acked");
+    world.cleanup().await;
+}
+
+/// A copy settled by its first copy is still answered for itself: an upstream app that publishes
+/// a request again (no confirm in time) often does so from a new connection with a new reply
+/// queue, and waits there. It gets its own reply, from the first copy's session, and its own
+/// audit record; Genesys and the CRM still see the request once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_settled_by_its_first_copy_gets_its_own_reply_and_audit_record() {
+    let world = World::start(&shared_amqp_url(), fast_sim(300)).await;
+    let (worker, _readiness) = world.start_worker_in_process(8, |_| {}).await;
+    let mut asked = Vec::new();
+    for copy in ["first", "second"] {
+        let queue = world.reply_queue().await;
+        let correlation_id = format!("corr-{copy}");
+        let mut message = request_message(&world.topology, valid_request("dup-reply-1"), FieldTable::default());
+        message.properties = message
+            .properties
+            .with_reply_to(queue.as_str().into())
+            .with_correlation_id(correlation_id.as_str().into());
+        world.publish(message).await;
+        asked.push((queue, correlation_id));
+    }
+    let answered = eventually(Duration::from_secs(30), || async {
+        for (queue, _) in &asked {
+            if world.count(queue).await == 0 {
+                return false;
+            }
+        }
+        world.count(&world.topology.request_queue).await == 0
+    })
+    .await;
+    assert!(answered, "a copy got no reply");
+    worker.shutdown().await;
+
+    let mut conversations = Vec::new();
+    for (queue, correlation_id) in &asked {
+        let replies = world.read_all(queue).await;
+        assert_eq!(replies.len(), 1, "one reply to {correlation_id}");
+        let properties = &replies[0].properties;
+        assert_eq!(
+            properties.correlation_id().as_ref().map(|c| c.as_str()),
+            Some(correlation_id.as_str())
+        );
+        let reply: serde_json::Value = serde_json::from_slice(&replies[0].data).expect("reply JSON");
+        assert_eq!(reply["outcome"], "created", "{reply}");
+        assert_eq!(reply["request_id"], "dup-reply-1");
+        conversations.push(
+            reply["session"]["conversation_id"]
+                .as_str()
+                .expect("conversation")
+                .to_string(),
+        );
+    }
+    assert_eq!(conversations[0], conversations[1], "both replies name the one session");
+
+    let audits = world.read_all(&world.topology.audit_queue.clone()).await;
+    let records: Vec<serde_json::Value> = audits
+        .iter()
+        .map(|a| serde_json::from_slice(&a.data).expect("audit JSON"))
+        .collect();
+    assert_eq!(records.len(), 2, "one audit record per copy: {records:?}");
+    for record in &records {
+        assert_eq!(record["request_id"], "dup-reply-1");
+        assert_eq!(record["outcome"], "created");
+        assert_eq!(record["attempts"], 1);
+    }
+    let outcomes = world.outcomes().await;
+    assert_eq!(outcomes.events.get("dup-reply-1").map(Vec::len), Some(1), "one event");
+    let stats = world.sim.stats();
+    assert_eq!(
+        (stats.sessions_created, stats.duplicates),
+        (1, 0),
+        "Genesys saw the request once"
+    );
     world.cleanup().await;
 }
 

@@ -18,7 +18,7 @@ use std::{
 use crate::leftovers::Leftovers;
 use futures_util::StreamExt;
 use guest_session_worker::{
-    amqp::{Publisher, Topology, connect, headers, request_message, topology::EVENT_ROUTING_KEY},
+    amqp::{Outgoing, Publisher, Topology, connect, headers, request_message, topology::EVENT_ROUTING_KEY},
     genesys::{GenesysClient, GenesysConfig},
     health::Readiness,
     metrics::Metrics,
@@ -212,10 +212,33 @@ impl World {
     }
 
     pub async fn publish_body(&self, body: Vec<u8>) {
+        self.publish(request_message(&self.topology, body, FieldTable::default()))
+            .await;
+    }
+
+    /// Publishes `message` (a request with properties of the test's choosing), confirmed.
+    pub async fn publish(&self, message: Outgoing) {
         self.publisher
-            .publish(request_message(&self.topology, body, FieldTable::default()))
+            .publish(message)
             .await
             .expect("request published and confirmed");
+    }
+
+    /// A fresh exclusive queue for replies; it goes away with the observer's connection.
+    pub async fn reply_queue(&self) -> String {
+        let queue = self
+            .channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare a reply queue");
+        queue.name().to_string()
     }
 
     /// Ready messages in `queue` (unacked ones are not counted).
