@@ -16,7 +16,8 @@ pub struct WorkerArgs {
     /// Requests in flight per replica; the prefetch follows it.
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
-    /// Seconds to finish in-flight work after SIGTERM before returning it to the queue.
+    /// Seconds from SIGTERM until unfinished work is back in the queue (the last second, or the
+    /// last quarter of a shorter grace, is kept for acking and nacking).
     #[arg(long, env = "WORKER_SHUTDOWN_GRACE_SECS", default_value_t = 25)]
     pub shutdown_grace_secs: u64,
     /// Confirm-mode publisher channels (each driven by one task); mandatory messages (the events)

@@ -137,12 +137,15 @@ pub enum CreateError {
         attempts: u32,
     },
     /// Transient failures (429, 5xx, timeouts, connection or token errors) lasted past the retry budget.
-    #[error("{}", exhausted_text(last_error, *status, context_id.as_deref(), *attempts))]
+    #[error("{}", exhausted_text(last_error, *status, context_id.as_deref(), *attempts, *refused_wait))]
     RetriesExhausted {
         last_error: String,
         status: Option<u16>,
         context_id: Option<String>,
         attempts: u32,
+        /// Set when the retries ended because Genesys asked (`Retry-After`) to wait this long,
+        /// more than `GENESYS_MAX_RETRY_AFTER_SECS`, rather than because the budget ran out.
+        refused_wait: Option<Duration>,
     },
 }
 
@@ -161,11 +164,23 @@ fn rejected_text(status: u16, code: Option<&str>, context_id: Option<&str>, atte
     s
 }
 
-fn exhausted_text(last_error: &str, status: Option<u16>, context_id: Option<&str>, attempts: u32) -> String {
-    let mut s = format!(
-        "Genesys session creation still failing when the retry budget ran out after {attempts} attempt{}: {last_error}",
-        if attempts == 1 { "" } else { "s" }
-    );
+fn exhausted_text(
+    last_error: &str,
+    status: Option<u16>,
+    context_id: Option<&str>,
+    attempts: u32,
+    refused_wait: Option<Duration>,
+) -> String {
+    let plural = if attempts == 1 { "" } else { "s" };
+    let mut s = match refused_wait {
+        Some(wait) => format!(
+            "Genesys session creation not retried after {attempts} attempt{plural}: Genesys asked to wait {} s (Retry-After), more than GENESYS_MAX_RETRY_AFTER_SECS allows: {last_error}",
+            wait.as_secs()
+        ),
+        None => format!(
+            "Genesys session creation still failing when the retry budget ran out after {attempts} attempt{plural}: {last_error}"
+        ),
+    };
     if let Some(status) = status {
         s.push_str(&format!(" (last HTTP status {status})"));
     }
@@ -311,10 +326,27 @@ mod tests {
             status: Some(503),
             context_id: None,
             attempts: 7,
+            refused_wait: None,
         };
         assert_eq!(exhausted.kind(), "retries_exhausted");
         assert_eq!(exhausted.attempts(), 7);
         assert_eq!(exhausted.context_id(), None);
         assert!(exhausted.to_string().contains("7 attempts"));
+        assert!(exhausted.to_string().contains("retry budget ran out"));
+        let refused = CreateError::RetriesExhausted {
+            last_error: "HTTP 429".into(),
+            status: Some(429),
+            context_id: None,
+            attempts: 1,
+            refused_wait: Some(Duration::from_secs(600)),
+        };
+        assert_eq!(refused.kind(), "retries_exhausted");
+        let text = refused.to_string();
+        assert!(
+            text.contains("asked to wait 600 s")
+                && text.contains("GENESYS_MAX_RETRY_AFTER_SECS")
+                && !text.contains("budget"),
+            "{text}"
+        );
     }
 }

@@ -356,11 +356,19 @@ impl Pacer {
         s.probe_due = true;
         // No burst after the pause: the schedule restarts one interval after it.
         s.tat = s.tat.max(resume);
-        tracing::debug!(
-            pause_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-            rate_per_minute = s.level * s.ceiling,
-            "genesys pacer paused by 429"
-        );
+        let pause_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        let rate_per_minute = s.level * s.ceiling;
+        // Every call of the replica waits now: an operator sees the start of each episode (a
+        // long `Retry-After` holds the whole replica up to GENESYS_MAX_RETRY_AFTER_SECS).
+        if same_episode {
+            tracing::debug!(pause_ms, rate_per_minute, "genesys pacer paused by 429");
+        } else {
+            tracing::info!(
+                pause_ms,
+                rate_per_minute,
+                "genesys answered 429: every call of this replica waits"
+            );
+        }
     }
 
     /// The AIMD rate used while no quota window is known, requests per minute.

@@ -76,7 +76,8 @@ impl AttemptError {
         matches!(self.failure, Failure::Transient | Failure::Reauthenticate)
     }
 
-    pub fn into_create_error(self, attempts: u32) -> CreateError {
+    /// `refused_wait`: the retries ended because Genesys asked to wait this long, past the cap.
+    pub fn into_create_error(self, attempts: u32, refused_wait: Option<Duration>) -> CreateError {
         match self.failure {
             Failure::Permanent => CreateError::Rejected {
                 status: self.status.unwrap_or(0),
@@ -90,6 +91,7 @@ impl AttemptError {
                 status: self.status,
                 context_id: self.context_id,
                 attempts,
+                refused_wait,
             },
         }
     }
@@ -127,7 +129,7 @@ impl RetryPolicy {
             (_, Some(retry_after)) if retry_after > self.max_retry_after && matches!(error.status, Some(500..=599)) => {
                 with_small_jitter(self.max_retry_after)
             }
-            (_, Some(retry_after)) if retry_after > self.max_retry_after => {
+            (_, Some(retry_after)) if self.refused_wait(error).is_some() => {
                 tracing::warn!(
                     retry_after_secs = retry_after.as_secs(),
                     max_retry_after_secs = self.max_retry_after.as_secs(),
@@ -147,6 +149,16 @@ impl RetryPolicy {
             }
         };
         (elapsed.saturating_add(delay).saturating_add(TIMER_SLACK) <= self.budget).then_some(delay)
+    }
+
+    /// The `Retry-After` of a transient failure that is not waited for: longer than
+    /// `max_retry_after`, on anything but a 5xx (see the module comment).
+    fn refused_wait(&self, error: &AttemptError) -> Option<Duration> {
+        error.retry_after.filter(|wait| {
+            error.failure == Failure::Transient
+                && *wait > self.max_retry_after
+                && !matches!(error.status, Some(500..=599))
+        })
     }
 
     /// Runs `op` until it succeeds, fails permanently, or the budget is spent. `attempts` is
@@ -171,7 +183,10 @@ impl RetryPolicy {
                 );
             })
             .await
-            .map_err(|error| error.into_create_error(attempts.load(Ordering::Relaxed)))
+            .map_err(|error| {
+                let refused_wait = self.refused_wait(&error);
+                error.into_create_error(attempts.load(Ordering::Relaxed), refused_wait)
+            })
     }
 }
 
@@ -302,11 +317,11 @@ mod tests {
 
     #[test]
     fn final_errors_map_to_the_dead_letter_kinds() {
-        let rejected = error(Failure::Permanent, 400, None).into_create_error(1);
+        let rejected = error(Failure::Permanent, 400, None).into_create_error(1, None);
         assert_eq!(rejected.kind(), "genesys_rejected");
         assert_eq!(rejected.context_id(), Some("ctx"));
         for failure in [Failure::Transient, Failure::BudgetSpent, Failure::Reauthenticate] {
-            let exhausted = error(failure, 503, None).into_create_error(4);
+            let exhausted = error(failure, 503, None).into_create_error(4, None);
             assert_eq!(exhausted.kind(), "retries_exhausted");
             assert_eq!(exhausted.attempts(), 4);
         }
@@ -396,8 +411,24 @@ mod tests {
         throttled.retry_after = Some(Duration::from_secs(120));
         let started = std::time::Instant::now();
         let (result, times) = play(fast(Duration::from_secs(60)), vec![Err(throttled)]).await;
-        assert_eq!(result.unwrap_err().status(), Some(429));
+        let err = result.unwrap_err();
+        assert_eq!(err.status(), Some(429));
+        assert!(err.to_string().contains("retry budget ran out"), "{err}");
         assert_eq!(times.len(), 1);
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn a_429_asking_for_more_than_the_maximum_says_so_rather_than_blaming_the_budget() {
+        let throttled = error(Failure::Transient, 429, Some(600));
+        let (result, times) = play(fast(Duration::from_secs(3600)), vec![Err(throttled)]).await;
+        let err = result.unwrap_err();
+        assert_eq!(err.kind(), "retries_exhausted");
+        assert_eq!(times.len(), 1);
+        let text = err.to_string();
+        assert!(
+            text.contains("asked to wait 600 s") && !text.contains("budget"),
+            "{text}"
+        );
     }
 }
