@@ -234,7 +234,7 @@ impl TokenProvider {
             otel.kind = "client",
             http.request.method = "POST",
             server.address = %self.server_address,
-            server.port = self.server_port,
+            server.port = self.server_port.map(crate::telemetry::int),
             http.response.status_code = field::Empty,
             error.type = field::Empty,
             otel.status_code = field::Empty,
@@ -254,7 +254,7 @@ impl TokenProvider {
                     context_id: None,
                 })?;
             let status = response.status().as_u16();
-            tracing::Span::current().record("http.response.status_code", status);
+            tracing::Span::current().record("http.response.status_code", crate::telemetry::int(status));
             let headers = response.headers().clone();
             let body = response.bytes().await.map_err(|e| TokenError {
                 message: format!(

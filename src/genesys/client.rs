@@ -218,7 +218,7 @@ impl GenesysClient {
             let span = tracing::Span::current();
             match &result {
                 Ok(created) => {
-                    span.record("genesys.attempts", created.attempts);
+                    span.record("genesys.attempts", crate::telemetry::int(created.attempts));
                     if let Some(conversation_id) = &created.conversation_id {
                         span.record("genesys.conversation_id", conversation_id.as_str());
                     }
@@ -229,7 +229,7 @@ impl GenesysClient {
                     );
                 }
                 Err(error) => {
-                    span.record("genesys.attempts", error.attempts());
+                    span.record("genesys.attempts", crate::telemetry::int(error.attempts()));
                     span.record("error.type", error.kind());
                     span.record("otel.status_code", "ERROR");
                     if let Some(id) = error.context_id() {
@@ -335,8 +335,8 @@ impl GenesysClient {
             http.request.method = "POST",
             url.full = %inner.session_url,
             server.address = %inner.server_address,
-            server.port = inner.server_port,
-            http.request.resend_count = (index > 0).then_some(index),
+            server.port = inner.server_port.map(crate::telemetry::int),
+            http.request.resend_count = (index > 0).then_some(crate::telemetry::int(index)),
             http.response.status_code = field::Empty,
             error.type = field::Empty,
         );
@@ -356,7 +356,7 @@ impl GenesysClient {
                 }
             };
             let status = response.status().as_u16();
-            tracing::Span::current().record("http.response.status_code", status);
+            tracing::Span::current().record("http.response.status_code", crate::telemetry::int(status));
             slot.record(status, response.headers());
             // What the headers say is read before the body consumes the response, instead of
             // keeping a copy of them all.

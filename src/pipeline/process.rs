@@ -79,7 +79,7 @@ pub async fn process_copy(
         messages.extend(reply_to(delivery, &reply));
         messages
     });
-    span.record("messaging.batch.message_count", messages.len());
+    span.record("messaging.batch.message_count", crate::telemetry::int(messages.len()));
     let published = publish_traced(ctx, messages, &span).await;
     drop(span);
     let consume_span = tracing::Span::current();
@@ -107,6 +107,14 @@ fn disposition(
             consume_span.record("guest_session.outcome", outcome.label());
             if let Some(reason) = outcome.reason() {
                 consume_span.record("guest_session.reason", reason);
+            }
+            // A request the worker could not carry through (Genesys refused it, retries ran out,
+            // the event had nowhere to go) is a failed operation, so an error-rate query on
+            // `consume` counts it. A rejected one is the sender's mistake, as a 4xx is not a
+            // server span's error.
+            if let Outcome::Failed { reason, .. } = &outcome {
+                consume_span.record("error.type", *reason);
+                consume_span.record("otel.status_code", "ERROR");
             }
             Disposition::Ack(outcome)
         }
@@ -196,7 +204,10 @@ async fn create(
                 follow_up.extend(reply_to(delivery, &reply));
                 (event_message(ctx, request, &event), follow_up)
             });
-            span.record("messaging.batch.message_count", 1 + follow_up.len());
+            span.record(
+                "messaging.batch.message_count",
+                crate::telemetry::int(1 + follow_up.len()),
+            );
             // The event goes alone and first: the outcome is `created` only once the broker has
             // routed it, so the audit record and the reply never announce a session that no CRM
             // consumer heard of (an unroutable event gets one `failed` record, not two records).
@@ -309,7 +320,7 @@ async fn dead_letter_publish(
         messages.extend(reply_to(delivery, reply));
         messages
     });
-    span.record("messaging.batch.message_count", messages.len());
+    span.record("messaging.batch.message_count", crate::telemetry::int(messages.len()));
     let result = publish_traced(ctx, messages, &span).await;
     if result.is_ok() {
         audit.log();

@@ -34,6 +34,8 @@ pub struct ReceivedSpan {
     /// The OTLP `SpanKind` number (2 server, 3 client, 4 producer, 5 consumer).
     pub kind: i32,
     pub attributes: BTreeMap<String, String>,
+    /// The attributes that arrived as OTLP integers (`intValue`), with their values.
+    pub int_attributes: BTreeMap<String, i64>,
     /// Span events (tracing events inside the span): name and attributes.
     pub events: Vec<(String, BTreeMap<String, String>)>,
     /// The OTLP status code (0 unset, 1 ok, 2 error).
@@ -43,6 +45,11 @@ pub struct ReceivedSpan {
 impl ReceivedSpan {
     pub fn attr(&self, key: &str) -> Option<&str> {
         self.attributes.get(key).map(String::as_str)
+    }
+
+    /// The attribute's value if it arrived as an integer (not as the text of one).
+    pub fn int_attr(&self, key: &str) -> Option<i64> {
+        self.int_attributes.get(key).copied()
     }
 
     /// Every string the span carries: name, attribute keys and values, event names and attributes.
@@ -137,6 +144,14 @@ async fn export(State(received): State<Received>, headers: HeaderMap, body: Byte
                     name: span.name,
                     kind: span.kind,
                     attributes: attributes(&span.attributes),
+                    int_attributes: span
+                        .attributes
+                        .iter()
+                        .filter_map(|kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                            Some(Value::IntValue(i)) => Some((kv.key.clone(), *i)),
+                            _ => None,
+                        })
+                        .collect(),
                     events: span
                         .events
                         .iter()

@@ -225,15 +225,18 @@ async fn a_request_trace_reaches_the_otlp_collector_from_upstream_through_genesy
         Some("session.request")
     );
     assert_eq!(consume.attr("messaging.message.id"), Some(created_id.as_str()));
-    assert!(consume.attr("messaging.rabbitmq.message.delivery_tag").is_some());
+    // Numbers arrive as OTLP integers, so a backend can compare them.
+    assert!(consume.int_attr("messaging.rabbitmq.message.delivery_tag").is_some());
+    assert!(consume.int_attr("messaging.message.body.size").is_some_and(|n| n > 0));
     assert_eq!(consume.attr("guest_session.outcome"), Some("created"));
+    assert_eq!(consume.status_code, 0, "a created request is no error");
 
     let validate = one(&ours, "validate");
     assert_eq!(validate.parent_span_id, consume.span_id);
 
     let create = one(&ours, "genesys.create_session");
     assert_eq!(create.parent_span_id, consume.span_id);
-    assert_eq!(create.attr("genesys.attempts"), Some("2"));
+    assert_eq!(create.int_attr("genesys.attempts"), Some(2));
     assert_eq!(create.attr("request_id"), Some(created_id.as_str()));
     let mut attempts: Vec<&ReceivedSpan> = children(&ours, create)
         .into_iter()
@@ -247,18 +250,15 @@ async fn a_request_trace_reaches_the_otlp_collector_from_upstream_through_genesy
         None,
         "not set on the first attempt"
     );
-    assert_eq!(first.attr("http.response.status_code"), Some("503"));
+    assert_eq!(first.int_attr("http.response.status_code"), Some(503));
     assert_eq!(first.attr("error.type"), Some("503"));
     assert_eq!(first.status_code, 2, "a failed attempt has status ERROR");
-    assert_eq!(retry.attr("http.request.resend_count"), Some("1"));
-    assert_eq!(retry.attr("http.response.status_code"), Some("202"));
+    assert_eq!(retry.int_attr("http.request.resend_count"), Some(1));
+    assert_eq!(retry.int_attr("http.response.status_code"), Some(202));
     for attempt in [first, retry] {
         assert_eq!(attempt.attr("http.request.method"), Some("POST"));
         assert_eq!(attempt.attr("server.address"), Some("127.0.0.1"));
-        assert_eq!(
-            attempt.attr("server.port"),
-            Some(env.sim.addr().port().to_string().as_str())
-        );
+        assert_eq!(attempt.int_attr("server.port"), Some(i64::from(env.sim.addr().port())));
         assert!(
             attempt
                 .attr("url.full")
@@ -267,7 +267,8 @@ async fn a_request_trace_reaches_the_otlp_collector_from_upstream_through_genesy
     }
     let token = one(&ours, "genesys.token");
     assert_eq!(token.parent_span_id, create.span_id);
-    assert_eq!(token.attr("http.response.status_code"), Some("200"));
+    assert_eq!(token.int_attr("http.response.status_code"), Some(200));
+    assert_eq!(token.int_attr("server.port"), Some(i64::from(env.sim.addr().port())));
 
     let publish = one(&ours, "publish");
     assert_eq!(publish.parent_span_id, consume.span_id);
@@ -283,8 +284,8 @@ async fn a_request_trace_reaches_the_otlp_collector_from_upstream_through_genesy
         Some("session.created")
     );
     assert_eq!(
-        publish.attr("messaging.batch.message_count"),
-        Some("3"),
+        publish.int_attr("messaging.batch.message_count"),
+        Some(3),
         "event + audit + reply"
     );
 
@@ -309,6 +310,10 @@ async fn a_request_trace_reaches_the_otlp_collector_from_upstream_through_genesy
     assert_eq!(blocked_consume.parent_span_id, blocked_span);
     assert_eq!(blocked_consume.attr("guest_session.outcome"), Some("rejected"));
     assert_eq!(blocked_consume.attr("guest_session.reason"), Some("pii_blocked"));
+    assert_eq!(
+        blocked_consume.status_code, 0,
+        "a rejected request is the sender's error, not ours"
+    );
     assert_eq!(one(&blocked, "validate").attr("reason"), Some("pii_blocked"));
     let blocked_publish = one(&blocked, "publish");
     assert_eq!(
@@ -400,11 +405,25 @@ async fn an_unroutable_event_is_dead_lettered_without_its_body_in_the_log() {
     let secrets = Secrets::new();
     let request_id = format!("req-unroutable-{}", random_hex(8));
     env.publish(body(&secrets.valid(&request_id))).await;
-    let worker = ChildWorker::spawn(&env, &[("RUST_LOG", "info,lapin::returned_messages=trace")]);
+    let receiver = OtlpReceiver::start().await;
+    let worker = ChildWorker::spawn(
+        &env,
+        &[
+            ("RUST_LOG", "info,lapin::returned_messages=trace"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint()),
+        ],
+    );
     let dead = env.take(&env.topology.dead_letter_queue.clone(), 1, WAIT).await;
     let (exited_cleanly, stderr) = worker.terminate().await;
     assert!(exited_cleanly, "worker exit status after SIGTERM:\n{stderr}");
     assert_eq!(header(&dead[0], "x-error-kind").as_deref(), Some("event_unroutable"));
+    // A request the worker could not carry through fails its `consume` span too.
+    let spans = receiver.spans();
+    let all: Vec<&ReceivedSpan> = spans.iter().collect();
+    let consume = one(&all, "consume");
+    assert_eq!(consume.attr("guest_session.outcome"), Some("failed"));
+    assert_eq!(consume.attr("error.type"), Some("event_unroutable"));
+    assert_eq!(consume.status_code, 2, "status ERROR");
     assert!(stderr.contains("event_unroutable"), "the worker reports it:\n{stderr}");
     // lapin prints the body as a byte list, so look for its log line, not only the strings.
     assert!(
