@@ -5,6 +5,7 @@
 //! | `guest_session_worker_requests_total` | counter | `outcome` (`created`, `rejected`, `failed`), `reason` | requests by final outcome |
 //! | `guest_session_worker_session_creation_seconds` | histogram | | delivery → session created in Genesys |
 //! | `guest_session_worker_genesys_responses_total` | counter | `status` (`202`, `503`, …, `error`) | every Genesys HTTP attempt |
+//! | `guest_session_worker_genesys_token_responses_total` | counter | `status` (`200`, `401`, …, `error`) | every OAuth token request to the login host |
 //! | `guest_session_worker_genesys_rate_limited_total` | counter | | Genesys 429s |
 //! | `guest_session_worker_genesys_retries_total` | counter | | attempts that were retries |
 //! | `guest_session_worker_in_flight` | gauge | | requests being processed now |
@@ -37,11 +38,19 @@ struct StatusLabels {
     status: String,
 }
 
+/// The HTTP status as a label, `error` when no response came.
+fn status_labels(status: Option<u16>) -> StatusLabels {
+    StatusLabels {
+        status: status.map_or_else(|| "error".to_string(), |s| s.to_string()),
+    }
+}
+
 struct Inner {
     registry: Registry,
     requests: Family<OutcomeLabels, Counter>,
     creation_seconds: Histogram,
     genesys_responses: Family<StatusLabels, Counter>,
+    token_responses: Family<StatusLabels, Counter>,
     rate_limited: Counter,
     retries: Counter,
     in_flight: Gauge,
@@ -81,6 +90,12 @@ impl Metrics {
             "Genesys HTTP responses by status ('error' for no response)",
             genesys_responses.clone(),
         );
+        let token_responses = Family::<StatusLabels, Counter>::default();
+        registry.register(
+            "genesys_token_responses",
+            "Genesys OAuth token endpoint responses by status ('error' for no response)",
+            token_responses.clone(),
+        );
         let rate_limited = Counter::default();
         registry.register("genesys_rate_limited", "Genesys 429 responses", rate_limited.clone());
         let retries = Counter::default();
@@ -104,6 +119,7 @@ impl Metrics {
             requests,
             creation_seconds,
             genesys_responses,
+            token_responses,
             rate_limited,
             retries,
             in_flight,
@@ -139,15 +155,24 @@ impl Metrics {
     }
 
     /// One Genesys HTTP attempt finished with `status` (`None`: no response at all).
-    pub fn genesys_response(&self, status: Option<u16>, resend_count: u32) {
-        let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
-        if status == "429" {
+    /// One answer (or none: `None`) to a session-creation attempt.
+    pub fn genesys_response(&self, status: Option<u16>) {
+        if status == Some(429) {
             self.0.rate_limited.inc();
         }
-        if resend_count > 0 {
-            self.0.retries.inc();
-        }
-        self.0.genesys_responses.get_or_create(&StatusLabels { status }).inc();
+        self.0.genesys_responses.get_or_create(&status_labels(status)).inc();
+    }
+
+    /// One answer (or none) from the OAuth token endpoint. Counted apart from the API's: a 401
+    /// there is a wrong client secret, not an expired token.
+    pub fn genesys_token_response(&self, status: Option<u16>) {
+        self.0.token_responses.get_or_create(&status_labels(status)).inc();
+    }
+
+    /// An attempt that is a retry, whether or not it got as far as an HTTP request (it may fail
+    /// on the token first).
+    pub fn genesys_retry(&self) {
+        self.0.retries.inc();
     }
 
     /// Counts one request in flight until the guard drops (also when its task is aborted).
@@ -197,9 +222,12 @@ mod tests {
             Duration::ZERO,
         );
         metrics.observe_creation(Duration::from_millis(120));
-        metrics.genesys_response(Some(429), 0);
-        metrics.genesys_response(Some(202), 1);
-        metrics.genesys_response(None, 2);
+        metrics.genesys_response(Some(429));
+        metrics.genesys_retry();
+        metrics.genesys_response(Some(202));
+        metrics.genesys_retry();
+        metrics.genesys_response(None);
+        metrics.genesys_token_response(Some(401));
         let guard = metrics.track_in_flight();
         let text = metrics.render();
         for line in [
@@ -210,6 +238,7 @@ mod tests {
             "guest_session_worker_genesys_responses_total{status=\"429\"} 1",
             "guest_session_worker_genesys_responses_total{status=\"202\"} 1",
             "guest_session_worker_genesys_responses_total{status=\"error\"} 1",
+            "guest_session_worker_genesys_token_responses_total{status=\"401\"} 1",
             "guest_session_worker_genesys_rate_limited_total 1",
             "guest_session_worker_genesys_retries_total 2",
             "guest_session_worker_in_flight 1",

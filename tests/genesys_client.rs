@@ -350,14 +350,28 @@ async fn a_wrong_secret_is_retried_like_a_transient_error_and_never_logged() {
     // Longer than the second a token failure is held, so the endpoint is asked again.
     config.retry_budget = Duration::from_millis(1600);
     let client = GenesysClient::new(config).expect("client");
+    let metrics = guest_session_worker::metrics::Metrics::new();
+    client.set_metrics(metrics.clone());
     let error = client.create_session(&unique_request()).await.expect_err("no token");
     assert!(
         matches!(error, CreateError::RetriesExhausted { status: Some(401), .. }),
         "{error:?}"
     );
-    assert!(sim.stats().token_requests >= 2);
+    let token_requests = sim.stats().token_requests;
+    assert!(token_requests >= 2);
     assert_eq!(sim.stats().api_requests, 0);
     assert!(!error.to_string().contains("not-the-secret-xyz"));
+    // A login outage or a rotated secret can be alerted on: every token answer and every retry
+    // is counted, although no API request went out.
+    let text = metrics.render();
+    let line = format!("guest_session_worker_genesys_token_responses_total{{status=\"401\"}} {token_requests}");
+    assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+    let retries = format!("guest_session_worker_genesys_retries_total {}", error.attempts() - 1);
+    assert!(text.lines().any(|l| l == retries), "missing {retries:?} in\n{text}");
+    assert!(
+        !text.contains("genesys_responses_total{"),
+        "no API response was counted:\n{text}"
+    );
 }
 
 #[tokio::test]

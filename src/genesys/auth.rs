@@ -126,6 +126,7 @@ pub struct TokenProvider {
     fetch: Mutex<FetchState>,
     completed_hint: std::sync::atomic::AtomicU64,
     next_generation: std::sync::atomic::AtomicU64,
+    metrics: std::sync::OnceLock<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for TokenProvider {
@@ -163,7 +164,13 @@ impl TokenProvider {
             fetch: Mutex::new(FetchState::default()),
             completed_hint: Default::default(),
             next_generation: Default::default(),
+            metrics: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Counts every token request's answer in `metrics` (the first call wins).
+    pub fn set_metrics(&self, metrics: crate::metrics::Metrics) {
+        let _ = self.metrics.set(metrics);
     }
 
     /// A fresh token: the cached one, or the result of the one fetch in flight.
@@ -240,19 +247,22 @@ impl TokenProvider {
             otel.status_code = field::Empty,
         );
         let result = async {
-            let response = self
+            let sent = self
                 .http
                 .post(&self.token_url)
                 .basic_auth(&self.client_id, Some(self.client_secret.expose_secret()))
                 .form(&[("grant_type", "client_credentials")])
                 .send()
-                .await
-                .map_err(|e| TokenError {
-                    message: format!("token request failed: {}", super::client::describe_transport_error(&e)),
-                    status: None,
-                    retry_after: None,
-                    context_id: None,
-                })?;
+                .await;
+            if let Some(metrics) = self.metrics.get() {
+                metrics.genesys_token_response(sent.as_ref().ok().map(|r| r.status().as_u16()));
+            }
+            let response = sent.map_err(|e| TokenError {
+                message: format!("token request failed: {}", super::client::describe_transport_error(&e)),
+                status: None,
+                retry_after: None,
+                context_id: None,
+            })?;
             let status = response.status().as_u16();
             tracing::Span::current().record("http.response.status_code", crate::telemetry::int(status));
             let headers = response.headers().clone();

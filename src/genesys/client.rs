@@ -152,6 +152,9 @@ impl GenesysClient {
 
     /// Counts every HTTP attempt's outcome in `metrics` (the first call wins; later ones are ignored).
     pub fn set_metrics(&self, metrics: crate::metrics::Metrics) {
+        if let Some(tokens) = &self.inner.tokens {
+            tokens.set_metrics(metrics.clone());
+        }
         let _ = self.inner.metrics.set(metrics);
     }
 
@@ -287,6 +290,11 @@ impl GenesysClient {
             });
         };
         let index = call.attempts.fetch_add(1, Ordering::Relaxed);
+        if index > 0
+            && let Some(metrics) = inner.metrics.get()
+        {
+            metrics.genesys_retry();
+        }
         let token = match &inner.tokens {
             Some(tokens) => match tokens.token().await {
                 Ok(token) => Some(token),
@@ -343,7 +351,7 @@ impl GenesysClient {
         let result = async {
             let sent = builder.send().await;
             if let Some(metrics) = inner.metrics.get() {
-                metrics.genesys_response(sent.as_ref().ok().map(|r| r.status().as_u16()), index);
+                metrics.genesys_response(sent.as_ref().ok().map(|r| r.status().as_u16()));
             }
             let response = match sent {
                 Ok(response) => response,

@@ -178,6 +178,15 @@ async fn metrics_count_every_request_by_outcome_and_every_genesys_response_by_st
         Some(0.0)
     );
     assert_eq!(sample(&samples, &format!("{P}genesys_retries_total"), &[]), Some(0.0));
+    assert_eq!(
+        sample(
+            &samples,
+            &format!("{P}genesys_token_responses_total"),
+            &[("status", "200")]
+        ),
+        Some(1.0),
+        "one token serves every call"
+    );
     assert_eq!(sample(&samples, &format!("{P}requeued_total"), &[]), Some(0.0));
     assert_eq!(sample(&samples, &format!("{P}in_flight"), &[]), Some(0.0));
     let ratio = sample(&samples, &format!("{P}routing_success_ratio"), &[]).expect("ratio");
