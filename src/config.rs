@@ -33,6 +33,11 @@ pub struct WorkerArgs {
     /// Key for the audit pseudonym of guest ids (HMAC-SHA256). Required by `run`.
     #[arg(long, env = "AUDIT_HMAC_KEY", hide_env_values = true)]
     pub audit_hmac_key: Option<String>,
+    /// Seconds `run` waits at start for a broker that does not answer yet (refused or timed-out
+    /// connections), unready meanwhile; then it exits non-zero. Wrong credentials, vhost or URL
+    /// exit at once.
+    #[arg(long, env = "WORKER_STARTUP_WAIT_SECS", default_value_t = 60)]
+    pub startup_wait_secs: u64,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "HEALTH_ADDR", default_value = "0.0.0.0:8080")]
     pub health_addr: SocketAddr,
@@ -47,6 +52,7 @@ impl std::fmt::Debug for WorkerArgs {
             .field("delivery_limit", &self.delivery_limit)
             .field("pii_key_patterns", &self.pii_key_patterns)
             .field("audit_hmac_key", &self.audit_hmac_key.as_ref().map(|_| "<redacted>"))
+            .field("startup_wait_secs", &self.startup_wait_secs)
             .field("health_addr", &self.health_addr)
             .finish()
     }
@@ -58,6 +64,11 @@ pub enum ConfigError {
         "AUDIT_HMAC_KEY is not set: the worker needs a secret key to pseudonymise guest ids in audit records. Set it (e.g. `export AUDIT_HMAC_KEY=$(openssl rand -hex 32)`) and keep it stable across restarts so guest_ref values stay comparable."
     )]
     MissingAuditKey,
+    #[error(
+        "PII_KEY_PATTERNS holds no pattern ({0:?}): every attribute key would pass the PII rule. Unset it for the default ({default}), or list the patterns to block, comma-separated.",
+        default = DEFAULT_PII_PATTERNS.join(",")
+    )]
+    NoPiiPatterns(String),
 }
 
 impl WorkerArgs {
@@ -76,13 +87,18 @@ impl WorkerArgs {
             .clone()
             .filter(|k| !k.is_empty())
             .ok_or(ConfigError::MissingAuditKey)?;
+        // An empty list is most likely a templating slip; it would switch a privacy control off.
+        let policy = ValidationPolicy::from_csv(&self.pii_key_patterns);
+        if policy.blocks_nothing() {
+            return Err(ConfigError::NoPiiPatterns(self.pii_key_patterns.clone()));
+        }
         Ok(WorkerSettings {
             amqp_url: amqp.url.clone(),
             topology: self.topology(amqp),
             concurrency: usize::from(self.concurrency),
             publisher_lanes: usize::from(self.publisher_channels),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
-            policy: ValidationPolicy::from_csv(&self.pii_key_patterns),
+            policy,
             audit_key: SecretString::from(key),
         })
     }

@@ -66,6 +66,20 @@ pub enum ConnectError {
     Unreachable { url: String, cause: lapin::Error },
 }
 
+impl ConnectError {
+    /// True when the broker did not answer (refused, unreachable, timed out), which waiting may
+    /// cure; false for a URL, credentials or vhost the broker will refuse however long one waits.
+    pub fn is_unanswered(&self) -> bool {
+        match self {
+            ConnectError::InvalidUrl { .. } => false,
+            ConnectError::Unreachable { cause, .. } => {
+                let text = cause.to_string();
+                !text.contains("ACCESS_REFUSED") && !text.contains("NOT_ALLOWED")
+            }
+        }
+    }
+}
+
 /// What to check, from what the broker (or the network) said.
 fn unreachable_hint(cause: &lapin::Error) -> &'static str {
     let text = cause.to_string();

@@ -3,7 +3,10 @@
 //! SIGTERM or SIGINT stops it gracefully: no new deliveries, in-flight requests finish within
 //! `WORKER_SHUTDOWN_GRACE_SECS`, the rest go back to the queue, telemetry is flushed, exit 0.
 
+use std::time::Duration;
+
 use anyhow::Context;
+use tokio::time::Instant;
 
 use crate::{
     amqp::AmqpArgs,
@@ -11,7 +14,7 @@ use crate::{
     genesys::{GenesysArgs, GenesysClient},
     health::{self, Readiness},
     metrics::Metrics,
-    pipeline::Worker,
+    pipeline::{Worker, WorkerSettings},
     telemetry::{LogFormat, Telemetry},
 };
 
@@ -61,7 +64,12 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(%health_addr, queue = %settings.topology.request_queue, concurrency = settings.concurrency, "starting worker");
 
     let grace = settings.shutdown_grace;
-    let worker = Worker::start(settings, genesys, metrics, readiness).await?;
+    let wait = Duration::from_secs(args.worker.startup_wait_secs);
+    let Some(worker) = start_when_the_broker_answers(settings, genesys, metrics, readiness, wait).await? else {
+        health_cancel.cancel();
+        tracing::info!("shutdown requested while waiting for the broker");
+        return Ok(());
+    };
     let cancel = worker.cancel_token();
     tokio::spawn(async move {
         super::shutdown_signal().await;
@@ -80,4 +88,43 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     health_cancel.cancel();
     tracing::info!("worker exited cleanly");
     Ok(())
+}
+
+/// Starts the worker once the broker answers. A broker that refuses or drops connections (still
+/// starting, or down for a moment) is retried with backoff for `wait`, unready meanwhile, so a
+/// pod started during a broker outage waits instead of crash-looping. Anything the broker will
+/// refuse however long one waits (URL, credentials, vhost, topology) fails at once. `None`: a
+/// shutdown signal came first.
+async fn start_when_the_broker_answers(
+    settings: WorkerSettings,
+    genesys: GenesysClient,
+    metrics: Metrics,
+    readiness: Readiness,
+    wait: Duration,
+) -> anyhow::Result<Option<Worker>> {
+    let deadline = Instant::now() + wait;
+    let mut failures: u32 = 0;
+    loop {
+        let started = tokio::select! {
+            _ = super::shutdown_signal() => return Ok(None),
+            started = Worker::start(settings.clone(), genesys.clone(), metrics.clone(), readiness.clone()) => started,
+        };
+        let error = match started {
+            Ok(worker) => return Ok(Some(worker)),
+            Err(error) if error.is_unanswered() && Instant::now() < deadline => error,
+            Err(error) => return Err(error.into()),
+        };
+        failures = failures.saturating_add(1);
+        let left = deadline.saturating_duration_since(Instant::now());
+        tracing::warn!(
+            %error,
+            failures,
+            wait_left_secs = left.as_secs(),
+            "the broker does not answer yet; retrying (/readyz answers 503 meanwhile; WORKER_STARTUP_WAIT_SECS bounds the wait)"
+        );
+        tokio::select! {
+            _ = super::shutdown_signal() => return Ok(None),
+            _ = tokio::time::sleep(crate::pipeline::worker::backoff(failures).min(left)) => {}
+        }
+    }
 }

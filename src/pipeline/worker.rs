@@ -67,6 +67,18 @@ pub enum WorkerError {
     Unresponsive(Duration),
 }
 
+impl WorkerError {
+    /// True when the broker did not answer (see [`ConnectError::is_unanswered`]): a broker still
+    /// starting, or down for a moment. Everything else is a configuration to fix.
+    pub fn is_unanswered(&self) -> bool {
+        match self {
+            WorkerError::Connect(error) => error.is_unanswered(),
+            WorkerError::Unresponsive(_) => true,
+            WorkerError::Topology(_) | WorkerError::Publisher(_) => false,
+        }
+    }
+}
+
 /// A running worker.
 pub struct Worker {
     cancel: CancellationToken,
@@ -234,7 +246,7 @@ async fn reconnect(settings: &WorkerSettings, ctx: &mut Arc<PipelineContext>) ->
 /// Full-jitter exponential backoff: 0..min(5 s, 100 ms × 2^n), at least 50 ms. The cap is low
 /// on purpose: a restarted broker is back within seconds, and the worker should be too (a
 /// reconnect attempt is one TCP connect, cheap for the broker).
-fn backoff(failures: u32) -> Duration {
+pub(crate) fn backoff(failures: u32) -> Duration {
     let cap = Duration::from_millis(100)
         .saturating_mul(1u32 << failures.min(9))
         .min(MAX_RECONNECT_BACKOFF);

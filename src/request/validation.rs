@@ -101,6 +101,11 @@ impl ValidationPolicy {
         Self { pii_patterns }
     }
 
+    /// True when no pattern is left: every attribute key would pass the PII rule.
+    pub fn blocks_nothing(&self) -> bool {
+        self.pii_patterns.is_empty()
+    }
+
     /// Comma-separated patterns, as in `PII_KEY_PATTERNS`.
     pub fn from_csv(csv: &str) -> Self {
         Self::new(csv.split(',').map(str::trim).filter(|p| !p.is_empty()))

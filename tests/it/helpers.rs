@@ -56,6 +56,18 @@ async fn start_container() -> String {
     format!("amqp://guest:guest@{host}:{port}/%2f")
 }
 
+/// The socket address of the broker `url` names (for relays and proxies in front of it).
+pub async fn broker_addr(url: &reqwest::Url) -> std::net::SocketAddr {
+    tokio::net::lookup_host((
+        url.host_str().expect("broker host").to_string(),
+        url.port().unwrap_or(5672),
+    ))
+    .await
+    .expect("broker address resolves")
+    .next()
+    .expect("one broker address")
+}
+
 pub fn unique_prefix() -> String {
     format!("it-{}.", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }

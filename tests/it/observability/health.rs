@@ -209,14 +209,7 @@ async fn readyz_follows_the_broker_connection_and_shutdown() {
     .await;
     // The worker reaches the broker through a proxy this test can cut.
     let mut broker_url = reqwest::Url::parse(&env.url).expect("AMQP_URL parses");
-    let broker: SocketAddr = tokio::net::lookup_host((
-        broker_url.host_str().expect("broker host").to_string(),
-        broker_url.port().unwrap_or(5672),
-    ))
-    .await
-    .expect("broker address resolves")
-    .next()
-    .expect("one broker address");
+    let broker = crate::helpers::broker_addr(&broker_url).await;
     let proxy = TcpProxy::start(broker).await;
     broker_url.set_host(Some("127.0.0.1")).expect("host");
     broker_url.set_port(Some(proxy.addr().port())).expect("port");
