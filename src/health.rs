@@ -35,10 +35,11 @@ struct AppState {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on HEALTH_ADDR {addr}: {source}")]
+#[error("cannot listen on HEALTH_ADDR {addr}: {cause}")]
 pub struct HealthError {
     addr: SocketAddr,
-    source: std::io::Error,
+    /// In the message, not an error source: `main` prints the chain, which would show it twice.
+    cause: std::io::Error,
 }
 
 /// Binds `addr` and serves until `cancel` fires; returns the bound address (port 0 picks one).
@@ -50,8 +51,8 @@ pub async fn serve(
 ) -> Result<SocketAddr, HealthError> {
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| HealthError { addr, source })?;
-    let local = listener.local_addr().map_err(|source| HealthError { addr, source })?;
+        .map_err(|cause| HealthError { addr, cause })?;
+    let local = listener.local_addr().map_err(|cause| HealthError { addr, cause })?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))

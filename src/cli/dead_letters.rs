@@ -124,16 +124,20 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
         shown += 1;
         let table = message.delivery.properties.headers().as_ref();
         let id = shown_id(&message.delivery);
+        let detail = headers::get_str(table, dead_letter::DETAIL).unwrap_or_default();
+        // The worker's own detail already names the contextId; an older or foreign one may not.
+        let context = headers::get_str(table, dead_letter::CONTEXT_ID)
+            .filter(|c| !detail.contains(c.as_str()))
+            .map(|c| format!(" (Genesys contextId {c})"))
+            .unwrap_or_default();
         println!(
             "{:<38} {:<18} {:<25} {:<8} {}{}",
             id,
             reason,
             headers::get_str(table, dead_letter::FAILED_AT).unwrap_or_else(|| "-".into()),
             headers::get_str(table, dead_letter::ATTEMPTS).unwrap_or_else(|| "-".into()),
-            headers::get_str(table, dead_letter::DETAIL).unwrap_or_default(),
-            headers::get_str(table, dead_letter::CONTEXT_ID)
-                .map(|c| format!(" (Genesys contextId {c})"))
-                .unwrap_or_default(),
+            detail,
+            context,
         );
     }
     let _ = channel.close(200, "listed".into()).await;

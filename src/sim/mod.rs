@@ -83,16 +83,14 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub enum SimError {
     #[error("invalid simulator settings: {0}")]
     Config(String),
-    #[error("the Genesys simulator cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    /// `cause` is in the message, not an error source: `main` prints the chain, which would show
+    /// it twice.
+    #[error("the Genesys simulator cannot listen on {addr}: {cause}")]
+    Bind { addr: SocketAddr, cause: std::io::Error },
     #[error("the Genesys simulator's server failed: {0}")]
-    Serve(#[source] std::io::Error),
+    Serve(std::io::Error),
     #[error("the Genesys simulator's thread could not start: {0}")]
-    Thread(#[source] std::io::Error),
+    Thread(std::io::Error),
 }
 
 /// A simulator serving in a tokio task. Dropping it stops the server too (gracefully, without
@@ -113,14 +111,10 @@ pub async fn spawn(config: SimConfig) -> Result<RunningSim, SimError> {
     let bind_addr = config.addr;
     let listener = tokio::net::TcpListener::bind(bind_addr)
         .await
-        .map_err(|source| SimError::Bind {
-            addr: bind_addr,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| SimError::Bind {
-        addr: bind_addr,
-        source,
-    })?;
+        .map_err(|cause| SimError::Bind { addr: bind_addr, cause })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|cause| SimError::Bind { addr: bind_addr, cause })?;
     let storm = (config.storm_secs > 0.0).then(|| {
         (
             Duration::try_from_secs_f64(config.storm_after_secs).unwrap_or_default(),

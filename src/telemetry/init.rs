@@ -27,14 +27,28 @@ pub enum LogFormat {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
+    // The causes are in the messages, not error sources: `main` prints the chain, which would
+    // show them twice.
     #[error("cannot build the OTLP exporter (check OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_EXPORTER_OTLP_PROTOCOL): {0}")]
-    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    Exporter(opentelemetry_otlp::ExporterBuildError),
     #[error(
         "{var}={value} is not supported: this build exports OTLP over HTTP; use `http/protobuf` (the default) or `http/json`, and the collector's HTTP port (usually 4318)"
     )]
     UnsupportedProtocol { var: &'static str, value: String },
     #[error("a global tracing subscriber is already installed: {0}")]
-    AlreadyInstalled(#[from] tracing_subscriber::util::TryInitError),
+    AlreadyInstalled(tracing_subscriber::util::TryInitError),
+}
+
+impl From<opentelemetry_otlp::ExporterBuildError> for TelemetryError {
+    fn from(error: opentelemetry_otlp::ExporterBuildError) -> Self {
+        TelemetryError::Exporter(error)
+    }
+}
+
+impl From<tracing_subscriber::util::TryInitError> for TelemetryError {
+    fn from(error: tracing_subscriber::util::TryInitError) -> Self {
+        TelemetryError::AlreadyInstalled(error)
+    }
 }
 
 /// Keeps the tracer provider alive; [`Telemetry::shutdown`] flushes pending spans.
@@ -58,7 +72,11 @@ impl Telemetry {
         });
         // RUST_LOG sets how much is logged, not what is traced: turning logs down to `warn` must
         // not break traces.
-        let log_filter = log_filter(std::env::var("RUST_LOG").ok().as_deref(), default_filter);
+        let rust_log = std::env::var("RUST_LOG").ok();
+        let invalid_rust_log = rust_log
+            .as_deref()
+            .and_then(|value| EnvFilter::try_new(value).err().map(|error| error.to_string()));
+        let log_filter = log_filter(rust_log.as_deref(), default_filter);
         let fmt = match format {
             LogFormat::Json => tracing_subscriber::fmt::layer()
                 .json()
@@ -70,6 +88,9 @@ impl Telemetry {
             .with(fmt.with_filter(log_filter))
             .with(otel)
             .try_init()?;
+        if let Some(error) = invalid_rust_log {
+            tracing::warn!(%error, default = default_filter, "RUST_LOG is not a valid filter; logging at the default level");
+        }
         Ok(Self { provider })
     }
 
