@@ -34,6 +34,8 @@ pub enum Command {
     /// Run the worker (the production entry point).
     Run(Box<run::RunArgs>),
     /// Quick start: embedded Genesys simulator + worker on AMQP_URL, a sample batch, a summary.
+    /// Its queues and exchanges are named under `demo.` unless AMQP_NAME_PREFIX is set, and are
+    /// left in place for inspection.
     Demo(demo::DemoArgs),
     /// Run the Genesys Cloud simulator alone.
     Sim(sim::SimArgs),
