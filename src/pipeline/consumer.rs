@@ -280,8 +280,10 @@ async fn handle(
     let upstream = propagation::extract(delivery.properties.headers().as_ref());
     let span = consume_span(ctx, &delivery, upstream.clone());
     let _in_flight = ctx.metrics.track_in_flight();
+    let mut unfinished = Unfinished(Some(span.clone()));
     let work = async {
         let disposition = process_once(ctx, requests, &delivery).await;
+        unfinished.0 = None;
         match &disposition {
             Disposition::Ack(outcome) => {
                 tracing::debug!(outcome = outcome.label(), "acking");
@@ -296,6 +298,19 @@ async fn handle(
     }
     .instrument(span);
     propagation::with_upstream(upstream, work).await;
+}
+
+/// Marks the `consume` span of a handler stopped before its request ended (the grace period ran
+/// out, or the connection was lost): its delivery goes back to the queue, and the trace says so.
+struct Unfinished(Option<tracing::Span>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(span) = self.0.take() {
+            span.record("error.type", "abandoned");
+            span.record("otel.status_code", "ERROR");
+        }
+    }
 }
 
 /// Runs the pipeline, unless a copy of the same valid request in flight in this replica created

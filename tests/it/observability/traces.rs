@@ -433,3 +433,53 @@ async fn an_unroutable_event_is_dead_lettered_without_its_body_in_the_log() {
     secrets.assert_absent(&stderr, "the worker's log");
     env.cleanup().await;
 }
+
+/// A request still running when the shutdown grace ends goes back to the queue; its `consume`
+/// span says so instead of ending as if nothing happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_abandoned_at_the_end_of_the_grace_period_marks_its_consume_span() {
+    let mut env = TestEnv::start_with(EnvOptions {
+        start_worker: false,
+        ..Default::default()
+    })
+    .await;
+    env.bind_events().await;
+    // Genesys answers after the grace period: the request cannot finish in time.
+    env.sim.set_faults(Faults {
+        latency_ms: Some(20_000),
+        ..Faults::default()
+    });
+    let request_id = format!("req-abandoned-{}", random_hex(8));
+    env.publish(body(&valid_request(&request_id))).await;
+    let receiver = OtlpReceiver::start().await;
+    let worker = ChildWorker::spawn(
+        &env,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint()),
+            ("WORKER_SHUTDOWN_GRACE_SECS", "2"),
+        ],
+    );
+    // Wait until the request is in flight (the simulator has its call).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while env.sim.stats().api_requests == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request never reached Genesys"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (exited_cleanly, stderr) = worker.terminate().await;
+    assert!(exited_cleanly, "worker exit status after SIGTERM:\n{stderr}");
+    let spans = receiver.spans();
+    let all: Vec<&ReceivedSpan> = spans.iter().collect();
+    let consume = one(&all, "consume");
+    assert_eq!(consume.attr("error.type"), Some("abandoned"), "{consume:#?}");
+    assert_eq!(consume.status_code, 2, "status ERROR");
+    assert_eq!(consume.attr("guest_session.outcome"), None, "no final outcome");
+    assert_eq!(
+        env.message_count(&env.topology.request_queue).await,
+        1,
+        "the request is back in the queue"
+    );
+    env.cleanup().await;
+}
