@@ -34,9 +34,9 @@ pub struct WorkerArgs {
     #[arg(long, env = "AUDIT_HMAC_KEY", hide_env_values = true)]
     pub audit_hmac_key: Option<String>,
     /// Seconds `run` waits at start for a broker that does not answer yet (refused or timed-out
-    /// connections), unready meanwhile; then it exits non-zero. Wrong credentials, vhost or URL
-    /// exit at once.
-    #[arg(long, env = "WORKER_STARTUP_WAIT_SECS", default_value_t = 60)]
+    /// connections, a host name that does not resolve yet), unready meanwhile; then it exits
+    /// non-zero (0: one attempt). Wrong credentials, vhost, TLS or topology exit at once.
+    #[arg(long, env = "WORKER_STARTUP_WAIT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub startup_wait_secs: u64,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "HEALTH_ADDR", default_value = "0.0.0.0:8080")]

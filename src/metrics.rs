@@ -154,7 +154,6 @@ impl Metrics {
         self.0.creation_seconds.observe(elapsed.as_secs_f64());
     }
 
-    /// One Genesys HTTP attempt finished with `status` (`None`: no response at all).
     /// One answer (or none: `None`) to a session-creation attempt.
     pub fn genesys_response(&self, status: Option<u16>) {
         if status == Some(429) {

@@ -2,7 +2,11 @@
 
 use std::str::FromStr;
 
-use lapin::{Connection, ConnectionProperties, uri::AMQPUri};
+use lapin::{
+    Connection, ConnectionProperties,
+    protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError},
+    uri::AMQPUri,
+};
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// Heartbeat asked for when `AMQP_URL` sets none (`?heartbeat=N` overrides it).
@@ -67,26 +71,53 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
-    /// True when the broker did not answer (refused, unreachable, timed out), which waiting may
-    /// cure; false for a URL, credentials or vhost the broker will refuse however long one waits.
+    /// True when the broker did not answer yet (see [`may_clear_up`]); false for a URL,
+    /// credentials or vhost the broker will refuse however long one waits.
     pub fn is_unanswered(&self) -> bool {
         match self {
             ConnectError::InvalidUrl { .. } => false,
-            ConnectError::Unreachable { cause, .. } => {
-                let text = cause.to_string();
-                !text.contains("ACCESS_REFUSED") && !text.contains("NOT_ALLOWED")
-            }
+            ConnectError::Unreachable { cause, .. } => may_clear_up(cause),
         }
+    }
+}
+
+/// A broker error that waiting may clear: the network or the broker not answering yet (refused,
+/// reset, timed out, a host name that does not resolve yet, as a StatefulSet's until its pod is
+/// ready), the broker closing connections while it stops or starts, a vhost still starting, a
+/// connection limit. Not: TLS or protocol mismatches (`amqps://` to a plain port, the HTTP port),
+/// refused credentials, a missing vhost, a precondition.
+pub fn may_clear_up(error: &lapin::Error) -> bool {
+    match error.kind() {
+        lapin::ErrorKind::IOError(io) => !matches!(
+            io.kind(),
+            std::io::ErrorKind::InvalidData
+                | std::io::ErrorKind::InvalidInput
+                | std::io::ErrorKind::PermissionDenied
+                | std::io::ErrorKind::Unsupported
+        ),
+        lapin::ErrorKind::MissingHeartbeatError
+        | lapin::ErrorKind::InvalidConnectionState(_)
+        | lapin::ErrorKind::InvalidChannelState(..) => true,
+        lapin::ErrorKind::ProtocolError(e) => match e.kind() {
+            AMQPErrorKind::Hard(AMQPHardError::CONNECTIONFORCED) => true,
+            AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) => {
+                let message = e.get_message().as_str();
+                message.contains("is down") || message.contains("limit")
+            }
+            _ => false,
+        },
+        _ => false,
     }
 }
 
 /// What to check, from what the broker (or the network) said.
 fn unreachable_hint(cause: &lapin::Error) -> &'static str {
-    let text = cause.to_string();
-    if text.contains("ACCESS_REFUSED") {
+    let refused =
+        |wanted: &AMQPErrorKind| matches!(cause.kind(), lapin::ErrorKind::ProtocolError(e) if e.kind() == wanted);
+    if refused(&AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)) {
         "The broker refused the user name or password in AMQP_URL (amqp://user:password@host:port/vhost; \
          URL-encode special characters in the password)."
-    } else if text.contains("NOT_ALLOWED") {
+    } else if refused(&AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED)) && !may_clear_up(cause) {
         "The vhost in AMQP_URL does not exist or the user may not use it (the vhost is URL-encoded: %2f \
          for /)."
     } else {
@@ -140,7 +171,9 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{MAX_NAME_PREFIX_BYTES, name_prefix, redact_url};
+    use super::{
+        AMQPErrorKind, AMQPHardError, AMQPSoftError, MAX_NAME_PREFIX_BYTES, may_clear_up, name_prefix, redact_url,
+    };
 
     #[test]
     fn name_prefixes_are_short_printable_ascii() {
@@ -190,6 +223,70 @@ mod tests {
                 redacted.ends_with("@host/vh") || redacted.ends_with("@host"),
                 "{redacted}"
             );
+        }
+    }
+
+    #[test]
+    fn only_what_waiting_may_clear_is_waited_for() {
+        use lapin::protocol::AMQPError;
+        let io = |kind| lapin::Error::from(std::io::Error::new(kind, "x"));
+        let amqp = |kind, message: &str| {
+            lapin::Error::from(lapin::ErrorKind::ProtocolError(AMQPError::new(kind, message.into())))
+        };
+        use std::io::ErrorKind as Io;
+        for (error, waited) in [
+            (io(Io::ConnectionRefused), true),
+            (io(Io::ConnectionReset), true),
+            (io(Io::TimedOut), true),
+            // A host name that does not resolve (yet): tokio reports it as an uncategorised error.
+            (io(Io::Other), true),
+            // TLS against a plain port, or the wrong protocol.
+            (io(Io::InvalidData), false),
+            (
+                amqp(
+                    AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED),
+                    "ACCESS_REFUSED - Login was refused",
+                ),
+                false,
+            ),
+            (
+                amqp(
+                    AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED),
+                    "NOT_ALLOWED - vhost x not found",
+                ),
+                false,
+            ),
+            (
+                amqp(
+                    AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED),
+                    "NOT_ALLOWED - vhost '/' is down",
+                ),
+                true,
+            ),
+            (
+                amqp(
+                    AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED),
+                    "NOT_ALLOWED - connection limit (10) is reached",
+                ),
+                true,
+            ),
+            (
+                amqp(
+                    AMQPErrorKind::Hard(AMQPHardError::CONNECTIONFORCED),
+                    "CONNECTION_FORCED - broker forced",
+                ),
+                true,
+            ),
+            (
+                amqp(
+                    AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED),
+                    "PRECONDITION_FAILED",
+                ),
+                false,
+            ),
+            (lapin::Error::from(lapin::ErrorKind::MissingHeartbeatError), true),
+        ] {
+            assert_eq!(may_clear_up(&error), waited, "{error}");
         }
     }
 }

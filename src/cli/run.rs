@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     amqp::AmqpArgs,
@@ -65,24 +66,32 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
 
     let grace = settings.shutdown_grace;
     let wait = Duration::from_secs(args.worker.startup_wait_secs);
-    let Some(worker) = start_when_the_broker_answers(settings, genesys, metrics, readiness, wait).await? else {
-        health_cancel.cancel();
-        tracing::info!("shutdown requested while waiting for the broker");
-        return Ok(());
-    };
-    let cancel = worker.cancel_token();
+    // One listener for the whole life of the process: a signal that came while no listener was
+    // registered (between the start-up wait and the worker) would be lost.
+    let stop = CancellationToken::new();
+    let signalled = stop.clone();
     tokio::spawn(async move {
         super::shutdown_signal().await;
         tracing::info!(
             grace_secs = grace.as_secs(),
             "shutdown requested; finishing in-flight requests (signal again to stop at once)"
         );
-        cancel.cancel();
+        signalled.cancel();
         // An operator who signals twice wants out now. Unacked deliveries go back to the queue
         // when the connection drops, so this loses nothing; it only skips the wait.
         super::shutdown_signal().await;
         tracing::warn!("second shutdown signal; exiting without waiting for in-flight requests");
         std::process::exit(130);
+    });
+    let Some(worker) = start_when_the_broker_answers(settings, genesys, metrics, readiness, wait, &stop).await? else {
+        health_cancel.cancel();
+        tracing::info!("stopped while waiting for the broker");
+        return Ok(());
+    };
+    let cancel = worker.cancel_token();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        cancel.cancel();
     });
     worker.wait().await;
     health_cancel.cancel();
@@ -93,20 +102,22 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
 /// Starts the worker once the broker answers. A broker that refuses or drops connections (still
 /// starting, or down for a moment) is retried with backoff for `wait`, unready meanwhile, so a
 /// pod started during a broker outage waits instead of crash-looping. Anything the broker will
-/// refuse however long one waits (URL, credentials, vhost, topology) fails at once. `None`: a
-/// shutdown signal came first.
+/// refuse however long one waits (URL, credentials, vhost, topology) fails at once. `None`:
+/// `stop` came first. An attempt under way when `wait` ends is finished (at most the 30 s a
+/// connection set-up may take).
 async fn start_when_the_broker_answers(
     settings: WorkerSettings,
     genesys: GenesysClient,
     metrics: Metrics,
     readiness: Readiness,
     wait: Duration,
+    stop: &CancellationToken,
 ) -> anyhow::Result<Option<Worker>> {
     let deadline = Instant::now() + wait;
     let mut failures: u32 = 0;
     loop {
         let started = tokio::select! {
-            _ = super::shutdown_signal() => return Ok(None),
+            _ = stop.cancelled() => return Ok(None),
             started = Worker::start(settings.clone(), genesys.clone(), metrics.clone(), readiness.clone()) => started,
         };
         let error = match started {
@@ -116,14 +127,22 @@ async fn start_when_the_broker_answers(
         };
         failures = failures.saturating_add(1);
         let left = deadline.saturating_duration_since(Instant::now());
-        tracing::warn!(
-            %error,
-            failures,
-            wait_left_secs = left.as_secs(),
-            "the broker does not answer yet; retrying (/readyz answers 503 meanwhile; WORKER_STARTUP_WAIT_SECS bounds the wait)"
-        );
+        // The whole explanation once; then only that the wait goes on.
+        if failures == 1 {
+            tracing::warn!(
+                %error,
+                wait_left_secs = left.as_secs(),
+                "the broker does not answer yet; retrying (/readyz answers 503 meanwhile; WORKER_STARTUP_WAIT_SECS bounds the wait)"
+            );
+        } else {
+            tracing::warn!(
+                failures,
+                wait_left_secs = left.as_secs(),
+                "the broker does not answer yet; retrying"
+            );
+        }
         tokio::select! {
-            _ = super::shutdown_signal() => return Ok(None),
+            _ = stop.cancelled() => return Ok(None),
             _ = tokio::time::sleep(crate::pipeline::worker::backoff(failures).min(left)) => {}
         }
     }

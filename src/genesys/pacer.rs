@@ -298,7 +298,7 @@ impl Pacer {
     }
 
     fn on_response_at(&self, seq: u64, sent: Instant, now: Instant, status: u16, headers: &HeaderMap) {
-        {
+        let paused = {
             let mut s = self.lock();
             if s.probe == Some(seq) {
                 s.probe = None;
@@ -307,12 +307,19 @@ impl Pacer {
                 s.learn(report, seq);
             }
             match status {
-                429 => self.pause(&mut s, now, headers),
-                200..=299 => s.level = (s.level + INCREASE_FRACTION).min(1.0),
-                _ => {}
+                429 => Some(self.pause(&mut s, now, headers)),
+                200..=299 => {
+                    s.level = (s.level + INCREASE_FRACTION).min(1.0);
+                    None
+                }
+                _ => None,
             }
-        }
+        };
         self.changed.notify_waiters();
+        // Logged outside the lock: every Genesys call of the replica takes it.
+        if let Some(pause) = paused {
+            pause.log();
+        }
     }
 
     fn on_no_response(&self, seq: u64) {
@@ -333,7 +340,7 @@ impl Pacer {
 
     /// A 429: pause every caller until `Retry-After`, cut the rate once per episode, and make the
     /// first call after the pause a probe.
-    fn pause(&self, s: &mut State, now: Instant, headers: &HeaderMap) {
+    fn pause(&self, s: &mut State, now: Instant, headers: &HeaderMap) -> Pause {
         let wait = super::error::retry_after(headers)
             .unwrap_or(DEFAULT_PAUSE)
             .min(self.max_pause);
@@ -356,18 +363,10 @@ impl Pacer {
         s.probe_due = true;
         // No burst after the pause: the schedule restarts one interval after it.
         s.tat = s.tat.max(resume);
-        let pause_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-        let rate_per_minute = s.level * s.ceiling;
-        // Every call of the replica waits now: an operator sees the start of each episode (a
-        // long `Retry-After` holds the whole replica up to GENESYS_MAX_RETRY_AFTER_SECS).
-        if same_episode {
-            tracing::debug!(pause_ms, rate_per_minute, "genesys pacer paused by 429");
-        } else {
-            tracing::info!(
-                pause_ms,
-                rate_per_minute,
-                "genesys answered 429: every call of this replica waits"
-            );
+        Pause {
+            pause_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            rate_per_minute: s.level * s.ceiling,
+            new_episode: !same_episode,
         }
     }
 
@@ -504,6 +503,35 @@ fn report_from_headers(headers: &HeaderMap, sent: Instant, received: Instant, ma
         ends_after,
         ends_by,
     })
+}
+
+/// A pause a 429 started or lengthened, to be logged once the pacer's lock is released.
+#[derive(Clone, Copy)]
+struct Pause {
+    pause_ms: u64,
+    rate_per_minute: f64,
+    new_episode: bool,
+}
+
+impl Pause {
+    fn log(self) {
+        let Pause {
+            pause_ms,
+            rate_per_minute,
+            new_episode,
+        } = self;
+        // Every call of the replica waits now: an operator sees the start of each episode (a long
+        // `Retry-After` holds the whole replica up to GENESYS_MAX_RETRY_AFTER_SECS).
+        if new_episode {
+            tracing::info!(
+                pause_ms,
+                rate_per_minute,
+                "genesys answered 429: every call of this replica waits"
+            );
+        } else {
+            tracing::debug!(pause_ms, rate_per_minute, "genesys pacer paused by 429");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -366,7 +366,6 @@ async fn publish_traced(
     result
 }
 
-/// `privacy_compliant`: consent to data processing given and no personal-data key blocked.
 /// The audit record of a created session.
 fn created_audit(ctx: &PipelineContext, request: &ValidatedRequest, attempts: u32, started: Instant) -> AuditRecord {
     AuditRecord {
@@ -392,6 +391,7 @@ fn created_reply<'a>(request: &'a ValidatedRequest, session: Option<&'a CreatedS
     }
 }
 
+/// `privacy_compliant`: consent to data processing given and no personal-data key blocked.
 fn audit_base(consent: Option<Consent>, pii_blocked: bool, started: Instant) -> AuditRecord {
     let consent_given = consent.map(|c| c.data_processing);
     AuditRecord {

@@ -74,7 +74,9 @@ impl WorkerError {
         match self {
             WorkerError::Connect(error) => error.is_unanswered(),
             WorkerError::Unresponsive(_) => true,
-            WorkerError::Topology(_) | WorkerError::Publisher(_) => false,
+            // The connection dropping mid-declare (a broker restarting) is worth waiting for; a
+            // topology the broker refuses (PRECONDITION_FAILED) is not.
+            WorkerError::Topology(error) | WorkerError::Publisher(error) => crate::amqp::connect::may_clear_up(error),
         }
     }
 }

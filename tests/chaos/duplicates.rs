@@ -52,7 +52,6 @@ async fn copies_in_flight_together_are_processed_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_settled_by_its_first_copy_gets_its_own_reply_and_audit_record() {
     let world = World::start(&shared_amqp_url(), fast_sim(300)).await;
-    let (worker, _readiness) = world.start_worker_in_process(8, |_| {}).await;
     let mut asked = Vec::new();
     for copy in ["first", "second"] {
         let queue = world.reply_queue().await;
@@ -65,6 +64,9 @@ async fn a_copy_settled_by_its_first_copy_gets_its_own_reply_and_audit_record() 
         world.publish(message).await;
         asked.push((queue, correlation_id));
     }
+    // Both copies are queued before the worker starts, so its first prefetch holds both: they
+    // are in flight together however slow the machine.
+    let (worker, _readiness) = world.start_worker_in_process(8, |_| {}).await;
     let answered = eventually(Duration::from_secs(30), || async {
         for (queue, _) in &asked {
             if world.count(queue).await == 0 {

@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use guest_session_worker::amqp::{Topology, connect};
 
-use crate::helpers::{amqp_url, broker_addr, cli, unique_prefix};
+use crate::{
+    helpers::{amqp_url, broker_addr, cli, unique_prefix},
+    leftovers::Leftovers,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_once_exits_zero_and_prints_the_summary() {
@@ -76,6 +79,8 @@ async fn run_with_an_unreachable_broker_explains_itself_and_exits_non_zero() {
 async fn run_waits_for_a_broker_that_comes_up_after_it_started() {
     let url = amqp_url().await;
     let prefix = unique_prefix();
+    // Deletes what the worker declared even when an assertion fails first.
+    let mut leftovers = Leftovers::new(&url, &Topology::new(&prefix));
     let broker_url = reqwest::Url::parse(&url).expect("AMQP_URL parses");
     let broker = broker_addr(&broker_url).await;
     // The worker is pointed at a port where nothing listens yet; later a relay to the broker
@@ -149,7 +154,7 @@ async fn run_waits_for_a_broker_that_comes_up_after_it_started() {
 
     let connection = connect(&url, "it-cleanup").await.expect("broker");
     let channel = connection.create_channel().await.expect("channel");
-    Topology::new(&prefix).delete(&channel).await.expect("topology removed");
+    leftovers.delete_now(&channel).await;
 }
 
 /// Credentials the broker refuses are not waited for: retrying cannot fix them.
