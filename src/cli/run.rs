@@ -74,7 +74,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         super::shutdown_signal().await;
         tracing::info!(
             grace_secs = grace.as_secs(),
-            "shutdown requested; finishing in-flight requests (signal again to stop at once)"
+            "shutdown requested; finishing in-flight requests, if any (signal again to stop at once)"
         );
         signalled.cancel();
         // An operator who signals twice wants out now. Unacked deliveries go back to the queue
