@@ -38,6 +38,11 @@ pub struct WorkerArgs {
     /// non-zero (0: one attempt). Wrong credentials, vhost, TLS or topology exit at once.
     #[arg(long, env = "WORKER_STARTUP_WAIT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub startup_wait_secs: u64,
+    /// A queue to declare and bind to the CRM exchange for `session.created` (named under
+    /// AMQP_NAME_PREFIX), for a stack with no CRM consumer of its own; empty: none. Without any
+    /// bound queue every event is unroutable and its request dead-lettered.
+    #[arg(long, env = "AMQP_CRM_QUEUE", default_value = "")]
+    pub crm_queue: String,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "HEALTH_ADDR", default_value = "0.0.0.0:8080")]
     pub health_addr: SocketAddr,
@@ -53,6 +58,7 @@ impl std::fmt::Debug for WorkerArgs {
             .field("pii_key_patterns", &self.pii_key_patterns)
             .field("audit_hmac_key", &self.audit_hmac_key.as_ref().map(|_| "<redacted>"))
             .field("startup_wait_secs", &self.startup_wait_secs)
+            .field("crm_queue", &self.crm_queue)
             .field("health_addr", &self.health_addr)
             .finish()
     }
@@ -100,6 +106,7 @@ impl WorkerArgs {
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             policy,
             audit_key: SecretString::from(key),
+            crm_queue: (!self.crm_queue.is_empty()).then(|| format!("{}{}", amqp.name_prefix, self.crm_queue)),
         })
     }
 }

@@ -181,6 +181,31 @@ impl Topology {
         Ok(())
     }
 
+    /// Declares `queue` (durable, quorum, as a CRM consumer's own queue) and binds it to the CRM
+    /// exchange for `session.created`, so events are routed where no CRM consumer has bound a
+    /// queue yet (`AMQP_CRM_QUEUE`, for the compose stack). Call after [`Topology::declare`].
+    pub async fn declare_crm_queue(&self, connection: &Connection, queue: &str) -> Result<(), lapin::Error> {
+        let channel = connection.create_channel().await?;
+        let mut quorum = FieldTable::default();
+        quorum.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel.queue_declare(queue.into(), durable, quorum).await?;
+        channel
+            .queue_bind(
+                queue.into(),
+                self.crm_exchange.as_str().into(),
+                EVENT_ROUTING_KEY.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let _ = channel.close(200, "CRM queue declared".into()).await;
+        Ok(())
+    }
+
     /// Removes everything [`Topology::declare`] created (tests clean up after themselves).
     pub async fn delete(&self, channel: &Channel) -> Result<(), lapin::Error> {
         for queue in [&self.request_queue, &self.dead_letter_queue, &self.audit_queue] {

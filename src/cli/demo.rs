@@ -76,6 +76,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         policy: ValidationPolicy::default(),
         // A throwaway key: demo pseudonyms are not meant to be compared with anything.
         audit_key: SecretString::from(uuid::Uuid::new_v4().to_string()),
+        crm_queue: None,
     };
     let worker = Worker::start(settings, genesys, Metrics::new(), Readiness::default()).await?;
 

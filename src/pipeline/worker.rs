@@ -49,6 +49,10 @@ pub struct WorkerSettings {
     pub shutdown_grace: Duration,
     pub policy: ValidationPolicy,
     pub audit_key: SecretString,
+    /// A queue the worker declares and binds to the CRM exchange for `session.created`, for a
+    /// stack with no CRM consumer of its own (the compose stack); `None` in production, where
+    /// each CRM consumer declares its own.
+    pub crm_queue: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +160,13 @@ async fn open_session(connection: &Connection, settings: &WorkerSettings) -> Res
         .declare(connection)
         .await
         .map_err(WorkerError::Topology)?;
+    if let Some(queue) = &settings.crm_queue {
+        settings
+            .topology
+            .declare_crm_queue(connection, queue)
+            .await
+            .map_err(WorkerError::Topology)?;
+    }
     Publisher::open(connection, settings.publisher_lanes)
         .await
         .map_err(WorkerError::Publisher)

@@ -415,6 +415,7 @@ impl World {
             shutdown_grace: Duration::from_secs(10),
             policy: ValidationPolicy::default(),
             audit_key: SecretString::from(AUDIT_KEY),
+            crm_queue: None,
         };
         let readiness = Readiness::default();
         let worker = Worker::start(

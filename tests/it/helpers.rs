@@ -137,6 +137,7 @@ impl TestEnv {
             shutdown_grace: Duration::from_secs(10),
             policy: ValidationPolicy::default(),
             audit_key: SecretString::from(AUDIT_KEY),
+            crm_queue: None,
         };
         let connection = connect(&url, "it-observer").await.expect("broker reachable");
         topology.declare(&connection).await.expect("topology");
@@ -216,6 +217,11 @@ impl TestEnv {
         self.declare_observer(&name, &self.topology.crm_exchange.clone(), EVENT_ROUTING_KEY)
             .await;
         name
+    }
+
+    /// Has `queue` deleted with the test's topology (a queue the worker declared for the test).
+    pub fn delete_later(&mut self, queue: &str) {
+        self.leftovers.queues.push(queue.to_string());
     }
 
     async fn declare_observer(&mut self, name: &str, exchange: &str, key: &str) {

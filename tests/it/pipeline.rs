@@ -246,6 +246,27 @@ async fn a_request_with_reply_to_gets_a_reply_with_its_correlation_id() {
     env.cleanup().await;
 }
 
+/// `AMQP_CRM_QUEUE`: with no CRM consumer of its own (the compose stack), the worker declares and
+/// binds a queue, so events are routed instead of every request ending as `event_unroutable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_crm_queue_is_declared_bound_and_receives_the_events() {
+    let mut env = TestEnv::start_with(EnvOptions {
+        start_worker: false,
+        ..Default::default()
+    })
+    .await;
+    let crm_queue = format!("{}crm.session-created", env.topology.request_exchange);
+    env.delete_later(&crm_queue);
+    env.settings.crm_queue = Some(crm_queue.clone());
+    env.start_worker().await;
+    env.publish(body(&valid_request("crm-queue-1"))).await;
+    let events = env.take(&crm_queue, 1, WAIT).await;
+    let event: SessionCreatedEvent = serde_json::from_slice(&events[0].data).expect("event");
+    assert_eq!(event.request_id, "crm-queue-1");
+    assert_eq!(env.message_count(&env.topology.dead_letter_queue.clone()).await, 0);
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_chat_jwt_goes_to_the_reply_and_never_to_the_crm_event() {
     let mut env = TestEnv::start_with(EnvOptions {
