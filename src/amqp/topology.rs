@@ -186,13 +186,11 @@ impl Topology {
     /// queue yet (`AMQP_CRM_QUEUE`, for the compose stack). Call after [`Topology::declare`].
     pub async fn declare_crm_queue(&self, connection: &Connection, queue: &str) -> Result<(), lapin::Error> {
         let channel = connection.create_channel().await?;
-        let mut quorum = FieldTable::default();
-        quorum.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
         let durable = QueueDeclareOptions {
             durable: true,
             ..Default::default()
         };
-        channel.queue_declare(queue.into(), durable, quorum).await?;
+        channel.queue_declare(queue.into(), durable, quorum()).await?;
         channel
             .queue_bind(
                 queue.into(),

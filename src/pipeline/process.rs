@@ -74,19 +74,9 @@ pub async fn process_copy(
     let audit = created_audit(ctx, request, outcome.attempts(), started);
     let reply = created_reply(request, settled.session.as_deref());
     let span = publish_span(&ctx.topology.audit_exchange, "", None);
-    let messages = span.in_scope(|| {
-        let mut messages = vec![audit_message(ctx, &audit)];
-        messages.extend(reply_to(delivery, &reply));
-        messages
-    });
-    span.record("messaging.batch.message_count", crate::telemetry::int(messages.len()));
-    let published = publish_traced(ctx, messages, &span).await;
-    drop(span);
-    let consume_span = tracing::Span::current();
-    match published {
+    match publish_audited(ctx, delivery, span, || None, audit, &reply).await {
         Ok(()) => {
-            audit.log();
-            consume_span.record("guest_session.outcome", outcome.label());
+            tracing::Span::current().record("guest_session.outcome", outcome.label());
             Disposition::Ack(outcome)
         }
         Err(error) => requeue(ctx, error),
@@ -314,9 +304,24 @@ async fn dead_letter_publish(
         delivery.routing_key.as_str(),
         message_id,
     );
+    let dead = || Some(dead_letter(&ctx.topology.dead_letter_exchange, delivery, cause));
+    publish_audited(ctx, delivery, span, dead, audit, reply).await
+}
+
+/// Publishes `lead` (the dead letter, if any), the audit record and, when asked, the reply in one
+/// batch inside `span` (built there, so each `traceparent` names it), waits for their confirms,
+/// and logs the audit record once they are confirmed.
+async fn publish_audited(
+    ctx: &PipelineContext,
+    delivery: &Delivery,
+    span: tracing::Span,
+    lead: impl FnOnce() -> Option<Outgoing>,
+    audit: AuditRecord,
+    reply: &Reply<'_>,
+) -> Result<(), PublishError> {
     let messages = span.in_scope(|| {
-        let dead = dead_letter(&ctx.topology.dead_letter_exchange, delivery, cause);
-        let mut messages = vec![dead, audit_message(ctx, &audit)];
+        let mut messages: Vec<Outgoing> = lead().into_iter().collect();
+        messages.push(audit_message(ctx, &audit));
         messages.extend(reply_to(delivery, reply));
         messages
     });

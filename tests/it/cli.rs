@@ -7,6 +7,7 @@ use guest_session_worker::amqp::{Topology, connect};
 use crate::{
     helpers::{amqp_url, broker_addr, cli, unique_prefix},
     leftovers::Leftovers,
+    observability::tcp_proxy::TcpProxy,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,14 +83,14 @@ async fn run_waits_for_a_broker_that_comes_up_after_it_started() {
     // Deletes what the worker declared even when an assertion fails first.
     let mut leftovers = Leftovers::new(&url, &Topology::new(&prefix));
     let broker_url = reqwest::Url::parse(&url).expect("AMQP_URL parses");
-    let broker = broker_addr(&broker_url).await;
-    // The worker is pointed at a port where nothing listens yet; later a relay to the broker
-    // opens there, as a broker coming up would.
-    let port = free_port();
+    // The worker reaches the broker through a proxy that refuses every connection until it is
+    // restored, as a broker that is not up yet would.
+    let proxy = TcpProxy::start(broker_addr(&broker_url).await).await;
+    proxy.cut();
     let health = free_port();
     let mut late_url = broker_url.clone();
     late_url.set_host(Some("127.0.0.1")).expect("host");
-    late_url.set_port(Some(port)).expect("port");
+    late_url.set_port(Some(proxy.addr().port())).expect("port");
     let health_addr = format!("127.0.0.1:{health}");
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_guest-session-worker"));
     command
@@ -119,18 +120,7 @@ async fn run_waits_for_a_broker_that_comes_up_after_it_started() {
         "run is still waiting"
     );
 
-    let relay = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .expect("bind the late port");
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = relay.accept().await {
-            tokio::spawn(async move {
-                if let Ok(mut outbound) = tokio::net::TcpStream::connect(broker).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
-        }
-    });
+    proxy.restore();
     let mut ready = false;
     for _ in 0..150 {
         if reqwest::get(&readyz).await.is_ok_and(|r| r.status().as_u16() == 200) {

@@ -9,7 +9,7 @@
 mod audit;
 mod health;
 mod otlp_receiver;
-mod tcp_proxy;
+pub mod tcp_proxy;
 mod traces;
 
 use std::time::Duration;
