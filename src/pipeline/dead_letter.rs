@@ -11,6 +11,10 @@ pub const DETAIL: &str = "x-error-detail";
 pub const ATTEMPTS: &str = "x-attempts";
 pub const FAILED_AT: &str = "x-failed-at";
 pub const CONTEXT_ID: &str = "x-genesys-context-id";
+/// The request's `user_id` property, moved into a header: RabbitMQ refuses a publish whose
+/// `user_id` is not the publishing connection's user (406, closing the channel), and the
+/// worker's user is rarely the upstream app's. Kept through a replay, as the upstream's headers.
+pub const ORIGINAL_USER_ID: &str = "x-original-user-id";
 /// Headers the worker adds; a replay strips them (and the broker's `x-death`, `x-first-death-*`,
 /// `x-last-death-*` and [`DELIVERY_COUNT`]) before re-queueing.
 pub const WORKER_HEADERS: [&str; 5] = [KIND, DETAIL, ATTEMPTS, FAILED_AT, CONTEXT_ID];
@@ -28,7 +32,8 @@ pub struct DeadLetterCause<'a> {
 }
 
 /// The dead letter for `delivery`: body byte-identical, original properties kept except
-/// `expiration` (a dead letter must not expire from the dead queue), and always persistent.
+/// `expiration` (a dead letter must not expire from the dead queue) and `user_id` (see
+/// [`ORIGINAL_USER_ID`]), and always persistent.
 pub fn dead_letter(dead_letter_exchange: &str, delivery: &Delivery, cause: &DeadLetterCause<'_>) -> Outgoing {
     let mut table = delivery.properties.headers().clone().unwrap_or_default();
     headers::set_str(&mut table, KIND, cause.kind);
@@ -38,10 +43,13 @@ pub fn dead_letter(dead_letter_exchange: &str, delivery: &Delivery, cause: &Dead
     if let Some(context_id) = cause.context_id {
         headers::set_str(&mut table, CONTEXT_ID, context_id);
     }
+    if let Some(user_id) = delivery.properties.user_id() {
+        headers::set_str(&mut table, ORIGINAL_USER_ID, user_id.as_str());
+    }
     // The dead letter continues the request's trace (same trace id, the worker's span as parent).
     crate::telemetry::propagation::inject_current(&mut table);
     // Persistent even if the original was published transient: it must survive a broker restart.
-    let properties = without_expiration(&delivery.properties)
+    let properties = carried_over(&delivery.properties)
         .with_delivery_mode(2)
         .with_headers(table);
     Outgoing {
@@ -53,16 +61,16 @@ pub fn dead_letter(dead_letter_exchange: &str, delivery: &Delivery, cause: &Dead
     }
 }
 
-/// The properties a replay re-publishes a dead letter with: its own minus `expiration` (a dead
-/// letter from an older worker may still carry the request's) and minus the headers the worker
-/// and the broker added.
+/// The properties a replay re-publishes a dead letter with: its own minus `expiration` and
+/// `user_id` (a dead letter from an older worker may still carry the request's) and minus the
+/// headers the worker and the broker added.
 pub fn properties_for_replay(properties: &BasicProperties) -> BasicProperties {
-    without_expiration(properties).with_headers(strip_for_replay(properties.headers().as_ref()))
+    carried_over(properties).with_headers(strip_for_replay(properties.headers().as_ref()))
 }
 
-/// `properties` minus `expiration` (lapin's properties cannot unset a field, so this copies the
-/// others).
-fn without_expiration(properties: &BasicProperties) -> BasicProperties {
+/// `properties` minus `expiration` and `user_id` (lapin's properties cannot unset a field, so
+/// this copies the others).
+fn carried_over(properties: &BasicProperties) -> BasicProperties {
     let mut copy = BasicProperties::default();
     macro_rules! keep {
         ($($get:ident => $set:ident),* $(,)?) => {
@@ -82,7 +90,6 @@ fn without_expiration(properties: &BasicProperties) -> BasicProperties {
         message_id => with_message_id,
         timestamp => with_timestamp,
         kind => with_type,
-        user_id => with_user_id,
         app_id => with_app_id,
         cluster_id => with_cluster_id,
     );
@@ -133,16 +140,20 @@ mod tests {
             .with_message_id("msg".into())
             .with_timestamp(1_700_000_000)
             .with_type("session.request".into())
-            .with_user_id("guest".into())
             .with_app_id("portal".into())
             .with_cluster_id("cluster".into())
     }
 
     #[test]
-    fn without_expiration_keeps_every_other_property() {
+    fn carried_over_keeps_every_property_but_expiration_and_user_id() {
         let original = every_property();
         assert_eq!(
-            without_expiration(&original.clone().with_expiration("60000".into())),
+            carried_over(
+                &original
+                    .clone()
+                    .with_expiration("60000".into())
+                    .with_user_id("portal".into())
+            ),
             original
         );
     }
@@ -159,9 +170,13 @@ mod tests {
             AMQPValue::FieldArray(vec![AMQPValue::LongString(LongString::from("q"))].into()),
         );
         headers::set_str(&mut table, "x-first-death-reason", "delivery_limit");
-        let dead = every_property().with_headers(table).with_expiration("60000".into());
+        let dead = every_property()
+            .with_headers(table)
+            .with_expiration("60000".into())
+            .with_user_id("guest".into());
         let replayed = properties_for_replay(&dead);
         assert_eq!(replayed.expiration(), &None);
+        assert_eq!(replayed.user_id(), &None);
         let keys: Vec<&str> = replayed
             .headers()
             .as_ref()

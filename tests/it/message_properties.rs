@@ -251,3 +251,98 @@ async fn everything_published_for_a_request_carries_one_traceparent_the_upstream
     assert_eq!(record["trace_id"].as_str(), Some(fresh_trace_id(&traceparent).as_str()));
     env.cleanup().await;
 }
+
+/// A broker user of this test's own, made with `rabbitmqctl` and deleted on drop; `None` when
+/// the broker is not a local node this machine's `rabbitmqctl` administers.
+struct BrokerUser {
+    name: String,
+    url: String,
+}
+
+impl BrokerUser {
+    fn create(broker_url: &str) -> Option<Self> {
+        let mut url = reqwest::Url::parse(broker_url).ok()?;
+        if !matches!(url.host_str(), Some("127.0.0.1" | "localhost")) {
+            return None;
+        }
+        let name = format!("it-upstream-{}", random_hex(10));
+        let password = random_hex(24);
+        let vhost = match url.path().trim_start_matches('/') {
+            "" | "%2f" | "%2F" => "/".to_string(),
+            other => other.to_string(),
+        };
+        rabbitmqctl(&["add_user", &name, &password])?;
+        let user = Self {
+            name: name.clone(),
+            url: {
+                url.set_username(&name).ok()?;
+                url.set_password(Some(&password)).ok()?;
+                url.to_string()
+            },
+        };
+        rabbitmqctl(&["set_permissions", "-p", &vhost, &name, ".*", ".*", ".*"])?;
+        Some(user)
+    }
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        let _ = rabbitmqctl(&["delete_user", &self.name]);
+    }
+}
+
+fn rabbitmqctl(args: &[&str]) -> Option<()> {
+    let output = std::process::Command::new("rabbitmqctl").args(args).output().ok()?;
+    output.status.success().then_some(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_apps_user_id_moves_to_a_header_so_the_broker_accepts_its_dead_letter() {
+    let mut env = TestEnv::start_with(EnvOptions {
+        start_worker: false,
+        ..Default::default()
+    })
+    .await;
+    let Some(user) = BrokerUser::create(&env.url) else {
+        eprintln!("skipped: no local rabbitmqctl to make a second broker user");
+        env.cleanup().await;
+        return;
+    };
+    let events = env.bind_events().await;
+    env.start_worker().await;
+    // The upstream app publishes as its own broker user and says so in `user_id` (RabbitMQ's
+    // validated user id), while the worker connects as another user.
+    let upstream = guest_session_worker::amqp::connect(&user.url, "it-upstream")
+        .await
+        .expect("the test's user connects");
+    let publisher = guest_session_worker::amqp::Publisher::open(&upstream, 1)
+        .await
+        .expect("publisher");
+    for (id, payload) in [
+        ("uid-invalid", b"not json".to_vec()),
+        ("uid-valid", body(&valid_request("uid-valid"))),
+    ] {
+        let mut request = request_message(&env.topology, payload, FieldTable::default());
+        request.properties = request
+            .properties
+            .with_message_id(id.into())
+            .with_user_id(user.name.as_str().into());
+        publisher.publish(request).await.expect("request confirmed");
+    }
+
+    let dead = env.take(&env.topology.dead_letter_queue.clone(), 1, WAIT).await;
+    assert_eq!(header(&dead[0], dead_letter::KIND).as_deref(), Some("malformed"));
+    assert_eq!(dead[0].properties.user_id(), &None);
+    assert_eq!(
+        header(&dead[0], dead_letter::ORIGINAL_USER_ID).as_deref(),
+        Some(user.name.as_str())
+    );
+    // The worker's channels survived the dead letter: the next request goes through.
+    let created = env.take(&events, 1, WAIT).await;
+    assert_eq!(
+        created[0].properties.correlation_id().as_ref().map(|c| c.as_str()),
+        Some("uid-valid")
+    );
+    let _ = upstream.close(200, "done".into()).await;
+    env.cleanup().await;
+}
