@@ -14,7 +14,10 @@
 //! (on a multiple ack, in no fixed order), not to the message that was returned. So mandatory
 //! messages, which the broker may return, get lanes of their own: a return can then only land on
 //! another mandatory message, and the worker's mandatory messages (its events, to one exchange
-//! with one routing key) are routable or unroutable together.
+//! with one routing key) are routable or unroutable together. Mandatory messages to an *owned*
+//! exchange (the audit and dead-letter fanouts, whose queues the worker declares) get lanes of
+//! their own per exchange, for the same reason; a return from one means a queue of the owner's
+//! topology is gone, which [`Publisher::topology_lost`] reports.
 //! `tests/it/publisher.rs` would catch a misattributed confirm or return.
 
 use std::{
@@ -22,7 +25,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     task::{Context, Poll, Waker},
 };
@@ -66,6 +69,8 @@ impl PublishError {
 struct Job {
     messages: Vec<Outgoing>,
     reply: oneshot::Sender<Vec<Started>>,
+    /// The owned lanes' flag, set when one of these messages is returned.
+    lost: Option<Arc<AtomicBool>>,
 }
 
 /// A confirm-mode channel and the queue of its lane task.
@@ -74,26 +79,60 @@ struct Lane {
     jobs: mpsc::UnboundedSender<Job>,
 }
 
+/// Lanes taken in turn.
+struct Lanes {
+    lanes: Box<[Lane]>,
+    next: AtomicUsize,
+    /// Set when a message of an owned exchange's lanes is returned.
+    lost: Option<Arc<AtomicBool>>,
+}
+
 /// Cheap to clone; every clone feeds the same lanes.
 #[derive(Clone)]
 pub struct Publisher {
     /// For messages that are not mandatory.
-    lanes: Arc<[Lane]>,
-    /// For mandatory messages only (see the module comment).
-    mandatory_lanes: Arc<[Lane]>,
-    /// Round-robin positions in `lanes` and in `mandatory_lanes`.
-    next: Arc<[AtomicUsize; 2]>,
+    plain: Arc<Lanes>,
+    /// For mandatory messages to any exchange but the owned ones (see the module comment).
+    mandatory: Arc<Lanes>,
+    /// For mandatory messages to each owned exchange.
+    owned: Arc<[(String, Lanes)]>,
+    topology_lost: Arc<AtomicBool>,
 }
 
 impl Publisher {
     /// Opens `lanes` confirm-mode channels on `connection` for messages that are not mandatory,
     /// and as many for mandatory ones, each driven by its own task.
     pub async fn open(connection: &Connection, lanes: usize) -> Result<Self, lapin::Error> {
+        Self::open_owning(connection, lanes, &[]).await
+    }
+
+    /// [`Self::open`], plus `lanes` channels for the mandatory messages to each of
+    /// `owned_exchanges`: exchanges whose queues the caller declares, so that a message returned
+    /// from one sets [`Self::topology_lost`].
+    pub async fn open_owning(
+        connection: &Connection,
+        lanes: usize,
+        owned_exchanges: &[&str],
+    ) -> Result<Self, lapin::Error> {
+        let topology_lost = Arc::new(AtomicBool::new(false));
+        let mut owned = Vec::with_capacity(owned_exchanges.len());
+        for exchange in owned_exchanges {
+            let group = open_lanes(connection, lanes, Some(topology_lost.clone())).await?;
+            owned.push((exchange.to_string(), group));
+        }
         Ok(Self {
-            lanes: open_lanes(connection, lanes).await?,
-            mandatory_lanes: open_lanes(connection, lanes).await?,
-            next: Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]),
+            plain: Arc::new(open_lanes(connection, lanes, None).await?),
+            mandatory: Arc::new(open_lanes(connection, lanes, None).await?),
+            owned: owned.into(),
+            topology_lost,
         })
+    }
+
+    /// True once a mandatory message to an owned exchange came back unroutable: a queue the
+    /// caller declares was deleted (or unbound), and stays so until the topology is declared
+    /// again.
+    pub fn topology_lost(&self) -> bool {
+        self.topology_lost.load(Ordering::Relaxed)
     }
 
     /// Publishes one message and waits for the broker's confirm.
@@ -124,31 +163,67 @@ impl Publisher {
         }
     }
 
-    /// Starts `messages` in order on one lane; a batch that mixes mandatory messages with others
-    /// is started as two (each kind in its order), and handed back in the caller's order.
+    /// Starts `messages` in order on one lane; a batch that mixes messages of several lane groups
+    /// (not mandatory, mandatory, mandatory to an owned exchange) is started as one batch per
+    /// group (each in its order), and handed back in the caller's order.
     async fn start(&self, messages: Vec<Outgoing>) -> Result<Vec<Started>, PublishError> {
-        let kinds: Vec<bool> = messages.iter().map(|m| m.mandatory).collect();
-        if kinds.windows(2).all(|pair| pair[0] == pair[1]) {
-            return self.start_on(kinds.first() == Some(&true), messages).await;
+        let groups: Vec<usize> = messages.iter().map(|m| self.group_of(m)).collect();
+        if groups.windows(2).all(|pair| pair[0] == pair[1]) {
+            return self.start_on(groups.first().copied().unwrap_or(0), messages).await;
         }
-        let (returnable, plain): (Vec<Outgoing>, Vec<Outgoing>) = messages.into_iter().partition(|m| m.mandatory);
-        let (mut returnable, mut plain) = (
-            self.start_on(true, returnable).await?.into_iter(),
-            self.start_on(false, plain).await?.into_iter(),
-        );
-        Ok(kinds
+        let mut batches: Vec<(usize, Vec<Outgoing>)> = Vec::new();
+        for (group, message) in groups.iter().copied().zip(messages) {
+            match batches.iter_mut().find(|(g, _)| *g == group) {
+                Some((_, batch)) => batch.push(message),
+                None => batches.push((group, vec![message])),
+            }
+        }
+        let mut started = Vec::with_capacity(batches.len());
+        for (group, batch) in batches {
+            started.push((group, self.start_on(group, batch).await?.into_iter()));
+        }
+        Ok(groups
             .into_iter()
-            .filter_map(|kind| if kind { returnable.next() } else { plain.next() })
+            .filter_map(|group| {
+                started
+                    .iter_mut()
+                    .find(|(g, _)| *g == group)
+                    .and_then(|(_, batch)| batch.next())
+            })
             .collect())
     }
 
-    async fn start_on(&self, mandatory: bool, messages: Vec<Outgoing>) -> Result<Vec<Started>, PublishError> {
-        let lanes = if mandatory { &self.mandatory_lanes } else { &self.lanes };
-        let next = &self.next[usize::from(mandatory)];
-        let lane = &lanes[next.fetch_add(1, Ordering::Relaxed) % lanes.len()];
+    /// The lane group of `message`: 0 not mandatory, 1 mandatory, 2 + i mandatory to the i-th
+    /// owned exchange.
+    fn group_of(&self, message: &Outgoing) -> usize {
+        if !message.mandatory {
+            return 0;
+        }
+        self.owned
+            .iter()
+            .position(|(exchange, _)| *exchange == message.exchange)
+            .map_or(1, |i| 2 + i)
+    }
+
+    fn lanes(&self, group: usize) -> &Lanes {
+        match group {
+            0 => &self.plain,
+            1 => &self.mandatory,
+            owned => &self.owned[owned - 2].1,
+        }
+    }
+
+    /// Starts `messages`, all of lane group `group`, on the next lane of that group.
+    async fn start_on(&self, group: usize, messages: Vec<Outgoing>) -> Result<Vec<Started>, PublishError> {
+        let group = self.lanes(group);
+        let lane = &group.lanes[group.next.fetch_add(1, Ordering::Relaxed) % group.lanes.len()];
         let (reply, started) = oneshot::channel();
         lane.jobs
-            .send(Job { messages, reply })
+            .send(Job {
+                messages,
+                reply,
+                lost: group.lost.clone(),
+            })
             .map_err(|_| PublishError::Stopped)?;
         started.await.map_err(|_| PublishError::Stopped)
     }
@@ -157,14 +232,20 @@ impl Publisher {
     /// exchange that was deleted) or the connection going away closes a lane's channel; the
     /// worker then reconnects, since every publish routed to that lane would fail.
     pub fn all_lanes_open(&self) -> bool {
-        self.lanes
+        self.plain
+            .lanes
             .iter()
-            .chain(self.mandatory_lanes.iter())
+            .chain(self.mandatory.lanes.iter())
+            .chain(self.owned.iter().flat_map(|(_, group)| group.lanes.iter()))
             .all(|lane| lane.channel.status().connected() && !lane.jobs.is_closed())
     }
 }
 
-async fn open_lanes(connection: &Connection, lanes: usize) -> Result<Arc<[Lane]>, lapin::Error> {
+async fn open_lanes(
+    connection: &Connection,
+    lanes: usize,
+    lost: Option<Arc<AtomicBool>>,
+) -> Result<Lanes, lapin::Error> {
     let mut opened = Vec::with_capacity(lanes.max(1));
     for _ in 0..lanes.max(1) {
         let channel = connection.create_channel().await?;
@@ -173,7 +254,11 @@ async fn open_lanes(connection: &Connection, lanes: usize) -> Result<Arc<[Lane]>
         tokio::spawn(drive_lane(channel.clone(), queued));
         opened.push(Lane { channel, jobs });
     }
-    Ok(opened.into())
+    Ok(Lanes {
+        lanes: opened.into(),
+        next: AtomicUsize::new(0),
+        lost,
+    })
 }
 
 /// The lane task: the only caller of `basic_publish` on `channel`.
@@ -191,8 +276,11 @@ async fn drive_lane(channel: Channel, mut jobs: mpsc::UnboundedReceiver<Job>) {
             batch.push(job);
         }
         busy = batch.len() > 1;
-        for Job { messages, reply } in batch.drain(..) {
-            let started = messages.into_iter().map(|message| start(&channel, message)).collect();
+        for Job { messages, reply, lost } in batch.drain(..) {
+            let started = messages
+                .into_iter()
+                .map(|message| start(&channel, message, lost.clone()))
+                .collect();
             // The caller may have given up (shutdown); its publishes go out regardless.
             let _ = reply.send(started);
         }
@@ -206,12 +294,13 @@ struct Started {
     write: Result<Write, lapin::Error>,
     exchange: String,
     routing_key: String,
+    lost: Option<Arc<AtomicBool>>,
 }
 
 /// Creates the `basic_publish` future and polls it once: that poll takes the confirm number and
 /// queues the frames (both synchronous in lapin). The future then only waits for the I/O thread
 /// to write the frames.
-fn start(channel: &Channel, message: Outgoing) -> Started {
+fn start(channel: &Channel, message: Outgoing, lost: Option<Arc<AtomicBool>>) -> Started {
     let Outgoing {
         exchange,
         routing_key,
@@ -236,6 +325,7 @@ fn start(channel: &Channel, message: Outgoing) -> Started {
         write,
         exchange,
         routing_key,
+        lost,
     }
 }
 
@@ -245,6 +335,7 @@ impl Started {
             write,
             exchange,
             routing_key,
+            lost,
         } = self;
         let written = match write {
             Ok(write) => write.await,
@@ -255,6 +346,7 @@ impl Started {
                 confirm,
                 exchange,
                 routing_key,
+                lost,
             }),
             Err(source) => Err(PublishError::Channel { exchange, source }),
         }
@@ -266,6 +358,7 @@ pub struct Pending {
     confirm: PublisherConfirm,
     exchange: String,
     routing_key: String,
+    lost: Option<Arc<AtomicBool>>,
 }
 
 impl Pending {
@@ -274,6 +367,7 @@ impl Pending {
             confirm,
             exchange,
             routing_key,
+            lost,
         } = self;
         match confirm.await {
             Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => Ok(()),
@@ -281,7 +375,12 @@ impl Pending {
             // one exchange with one routing key, so all are returned or none (but for the moment a
             // binding changes). Checking the return's own id would make things worse there: when
             // all are returned, a publish handed another one's return would pass as routed.
-            Ok(Confirmation::Ack(Some(_returned))) => Err(PublishError::Unroutable { exchange, routing_key }),
+            Ok(Confirmation::Ack(Some(_returned))) => {
+                if let Some(lost) = lost {
+                    lost.store(true, Ordering::Relaxed);
+                }
+                Err(PublishError::Unroutable { exchange, routing_key })
+            }
             Ok(Confirmation::Nack(_)) => Err(PublishError::Nacked { exchange }),
             Err(source) => Err(PublishError::Channel { exchange, source }),
         }

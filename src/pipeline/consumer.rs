@@ -216,6 +216,9 @@ async fn lost(
         if !ctx.publisher.all_lanes_open() {
             return "a publisher channel closed".into();
         }
+        if ctx.publisher.topology_lost() {
+            return "an audit record or dead letter came back unroutable: a queue of the worker's topology was deleted or unbound".into();
+        }
     }
 }
 

@@ -57,7 +57,8 @@ pub fn dead_letter(dead_letter_exchange: &str, delivery: &Delivery, cause: &Dead
         routing_key: delivery.routing_key.as_str().to_string(),
         payload: delivery.data.clone(),
         properties,
-        mandatory: false,
+        // Returned if the dead queue is gone: the request is then requeued, not acked.
+        mandatory: true,
     }
 }
 

@@ -202,8 +202,10 @@ async fn create(
             // routed it, so the audit record and the reply never announce a session that no CRM
             // consumer heard of (an unroutable event gets one `failed` record, not two records).
             let published = match publish_traced(ctx, vec![event_out], &span).await {
-                Ok(()) => publish_traced(ctx, follow_up, &span).await,
-                Err(error) => Err(error),
+                Ok(()) => publish_traced(ctx, follow_up, &span)
+                    .await
+                    .map_err(Unpublished::FollowUp),
+                Err(error) => Err(Unpublished::Event(error)),
             };
             // Ends the span here, so a dead-letter publish below is its sibling, not inside it.
             drop(span);
@@ -214,7 +216,7 @@ async fn create(
                 }
                 // The session exists but nobody can hear about it: park the request where an
                 // operator sees it; a replay finds the same conversation (same messageId).
-                Err(error) if error.is_unroutable() => {
+                Err(Unpublished::Event(error)) if error.is_unroutable() => {
                     let detail = error.to_string();
                     let cause = DeadLetterCause {
                         kind: EVENT_UNROUTABLE,
@@ -245,7 +247,7 @@ async fn create(
                         None,
                     )
                 }
-                Err(error) => (outcome, Err(error), None),
+                Err(Unpublished::Event(error) | Unpublished::FollowUp(error)) => (outcome, Err(error), None),
             }
         }
         Err(error) => {
@@ -288,6 +290,14 @@ async fn create(
             )
         }
     }
+}
+
+/// Which publish of a created session failed: a returned event means no CRM consumer is bound
+/// (dead-lettered); a returned audit record means the worker's own audit queue is gone
+/// (requeued, and the session restarts to declare it again).
+enum Unpublished {
+    Event(PublishError),
+    FollowUp(PublishError),
 }
 
 /// Dead letter + audit + optional reply, all confirmed before the caller acks.
@@ -450,7 +460,8 @@ fn audit_message(ctx: &PipelineContext, audit: &AuditRecord) -> Outgoing {
         routing_key: String::new(),
         payload: serde_json::to_vec(audit).unwrap_or_default(),
         properties: json_properties(uuid::Uuid::new_v4().to_string(), audit.request_id.as_deref()),
-        mandatory: false,
+        // Returned if the audit queue is gone: the request is then requeued, not acked.
+        mandatory: true,
     }
 }
 

@@ -167,7 +167,14 @@ async fn open_session(connection: &Connection, settings: &WorkerSettings) -> Res
             .await
             .map_err(WorkerError::Topology)?;
     }
-    Publisher::open(connection, settings.publisher_lanes)
+    // The audit and dead-letter queues are the worker's own: a record returned from either means
+    // one was deleted, and the session restarts to declare it again (a message is never acked
+    // with its record confirmed into no queue).
+    let owned = [
+        settings.topology.audit_exchange.as_str(),
+        settings.topology.dead_letter_exchange.as_str(),
+    ];
+    Publisher::open_owning(connection, settings.publisher_lanes, &owned)
         .await
         .map_err(WorkerError::Publisher)
 }

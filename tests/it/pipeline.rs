@@ -267,6 +267,96 @@ async fn a_configured_crm_queue_is_declared_bound_and_receives_the_events() {
     env.cleanup().await;
 }
 
+/// Waits until `queue` exists (it may have been deleted) and holds at least `n` messages.
+async fn wait_until_it_holds(env: &TestEnv, queue: &str, n: u32) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        // A passive declare of a missing queue closes its channel: one channel per look.
+        let channel = env.connection.create_channel().await.expect("channel");
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await;
+        let _ = channel.close(200, "ok".into()).await;
+        if declared.is_ok_and(|q| q.message_count() >= n) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{queue} never held {n} messages"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_audit_or_dead_letter_queue_is_declared_again_and_no_record_is_confirmed_into_nowhere() {
+    let mut env = TestEnv::start_with(EnvOptions {
+        start_worker: false,
+        ..Default::default()
+    })
+    .await;
+    let events_queue = env.bind_events().await;
+    env.start_worker().await;
+    // An operator deletes the worker's own queues while it runs (say, to recreate them with
+    // other arguments). Without a queue bound, the broker would confirm a record it dropped.
+    let (dead_queue, audit_queue) = (env.topology.dead_letter_queue.clone(), env.topology.audit_queue.clone());
+    for queue in [&dead_queue, &audit_queue] {
+        env.channel
+            .queue_delete(queue.as_str().into(), lapin::options::QueueDeleteOptions::default())
+            .await
+            .expect("queue deleted");
+    }
+    env.publish_with(b"not json".to_vec(), |p| p.with_message_id("gone-dead-1".into()))
+        .await;
+    env.publish(body(&valid_request("gone-audit-1"))).await;
+
+    // The records came back unroutable: the requests were requeued, the worker's session
+    // restarted and declared its queues again, and the redelivered requests got their records.
+    wait_until_it_holds(&env, &dead_queue, 1).await;
+    wait_until_it_holds(&env, &audit_queue, 2).await;
+    let dead = env.take(&dead_queue, 1, WAIT).await;
+    assert_eq!(
+        dead[0].properties.message_id().as_ref().map(|m| m.as_str()),
+        Some("gone-dead-1")
+    );
+    assert_eq!(header(&dead[0], dead_letter::KIND).as_deref(), Some("malformed"));
+    let audits = env.take(&audit_queue, 2, WAIT).await;
+    let mut outcomes: Vec<(String, String)> = audits
+        .iter()
+        .map(|d| {
+            let record: serde_json::Value = serde_json::from_slice(&d.data).expect("audit JSON");
+            (
+                record["request_id"].as_str().unwrap_or_default().to_string(),
+                record["outcome"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        [
+            ("gone-audit-1".to_string(), "created".to_string()),
+            ("gone-dead-1".to_string(), "rejected".to_string())
+        ]
+    );
+    // The created request's event went out before its audit record was returned, and again
+    // when it was redone: a duplicate, recognisable by its request id.
+    let events = env.take(&events_queue, 1, WAIT).await;
+    assert_eq!(
+        events[0].properties.correlation_id().as_ref().map(|c| c.as_str()),
+        Some("gone-audit-1")
+    );
+    assert_eq!(env.message_count(&env.topology.request_queue.clone()).await, 0);
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_chat_jwt_goes_to_the_reply_and_never_to_the_crm_event() {
     let mut env = TestEnv::start_with(EnvOptions {
