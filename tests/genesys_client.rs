@@ -366,8 +366,17 @@ async fn a_wrong_secret_is_retried_like_a_transient_error_and_never_logged() {
     let text = metrics.render();
     let line = format!("guest_session_worker_genesys_token_responses_total{{status=\"401\"}} {token_requests}");
     assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
-    let retries = format!("guest_session_worker_genesys_retries_total {}", error.attempts() - 1);
-    assert!(text.lines().any(|l| l == retries), "missing {retries:?} in\n{text}");
+    let retries: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("guest_session_worker_genesys_retries_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no retries_total in\n{text}"));
+    assert!(
+        retries + 1 >= token_requests,
+        "{retries} retries, {token_requests} token requests"
+    );
+    // The contract's `attempts` are the POSTs Genesys received: none.
+    assert_eq!(error.attempts(), 0, "{error:?}");
     assert!(
         !text.contains("genesys_responses_total{"),
         "no API response was counted:\n{text}"
@@ -520,6 +529,8 @@ enum Api {
     GuestChatWithoutJwt,
     /// The token endpoint refuses the client (a wrong secret).
     BadClient,
+    /// The token endpoint answers 503 once, then issues tokens.
+    TokenUnavailableOnce,
     /// A 502 with an HTML body, then a proper answer.
     HtmlBadGatewayOnce,
     /// A 202 whose body breaks off (the connection fails mid-body), then a proper answer.
@@ -564,6 +575,9 @@ async fn scripted(api: Api) -> Scripted {
                             })),
                         )
                             .into_response();
+                    }
+                    if let (Api::TokenUnavailableOnce, 0) = (api, n) {
+                        return StatusCode::SERVICE_UNAVAILABLE.into_response();
                     }
                     axum::Json(serde_json::json!({
                         "access_token": format!("token-{n}"), "token_type": "bearer", "expires_in": 86400
@@ -780,6 +794,19 @@ async fn a_refused_client_costs_the_login_host_one_request_per_second_not_one_pe
     let asked = server.token_requests.load(Ordering::SeqCst);
     assert!((2..=4).contains(&asked), "{asked} token requests");
     assert_eq!(server.api_requests.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_try_that_failed_on_its_token_is_not_counted_as_an_http_attempt() {
+    let server = scripted(Api::TokenUnavailableOnce).await;
+    let created = scripted_client(&server)
+        .create_session(&unique_request())
+        .await
+        .expect("created once the token endpoint is back");
+    assert_eq!(server.token_requests.load(Ordering::SeqCst), 2);
+    assert_eq!(server.api_requests.load(Ordering::SeqCst), 1);
+    // The contract's `attempts` (event, audit record, `x-attempts`): POSTs Genesys received.
+    assert_eq!(created.attempts, 1);
 }
 
 #[tokio::test]

@@ -71,6 +71,9 @@ struct Inner {
 struct Call<'a> {
     request: &'a ValidatedRequest,
     deadline: Instant,
+    /// Tries, each a circuit pass and a pacer slot, and a token when one is used.
+    tries: AtomicU32,
+    /// POSTs sent to the session endpoint (the contract's `attempts`).
     attempts: AtomicU32,
     reauthenticated: AtomicBool,
     /// The last transient failure: what the dead letter reports if the budget then runs out
@@ -209,6 +212,7 @@ impl GenesysClient {
             let call = Call {
                 request,
                 deadline: started + self.inner.config.retry_budget,
+                tries: AtomicU32::new(0),
                 attempts: AtomicU32::new(0),
                 reauthenticated: AtomicBool::new(false),
                 last_failure: std::sync::Mutex::new(None),
@@ -289,8 +293,7 @@ impl GenesysClient {
                 },
             });
         };
-        let index = call.attempts.fetch_add(1, Ordering::Relaxed);
-        if index > 0
+        if call.tries.fetch_add(1, Ordering::Relaxed) > 0
             && let Some(metrics) = inner.metrics.get()
         {
             metrics.genesys_retry();
@@ -316,6 +319,9 @@ impl GenesysClient {
             },
             None => None,
         };
+        // Counted here, as the contract's `attempts` are the POSTs Genesys received (a try that
+        // failed on its token sent none).
+        let index = call.attempts.fetch_add(1, Ordering::Relaxed);
         let remaining = call.deadline.saturating_duration_since(Instant::now());
         let timeout = inner.config.request_timeout.min(remaining.max(Duration::from_secs(1)));
         let builder = inner.http.post(inner.session_url.clone()).timeout(timeout);
