@@ -18,7 +18,7 @@ pub struct WorkerArgs {
     pub concurrency: u16,
     /// Seconds from SIGTERM until unfinished work is back in the queue (the last second, or the
     /// last quarter of a shorter grace, is kept for acking and nacking).
-    #[arg(long, env = "WORKER_SHUTDOWN_GRACE_SECS", default_value_t = 25)]
+    #[arg(long, env = "WORKER_SHUTDOWN_GRACE_SECS", default_value_t = 25, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub shutdown_grace_secs: u64,
     /// Confirm-mode publisher channels (each driven by one task); mandatory messages (the events)
     /// get as many of their own.
@@ -75,6 +75,10 @@ pub enum ConfigError {
         default = DEFAULT_PII_PATTERNS.join(",")
     )]
     NoPiiPatterns(String),
+    #[error(
+        "AMQP_CRM_QUEUE with AMQP_NAME_PREFIX makes a queue name of {0} bytes; RabbitMQ allows at most 255 printable ASCII bytes without spaces"
+    )]
+    CrmQueueName(usize),
 }
 
 impl WorkerArgs {
@@ -85,6 +89,19 @@ impl WorkerArgs {
                 delivery_limit: self.delivery_limit,
             },
         )
+    }
+
+    /// `AMQP_CRM_QUEUE` under the prefix, checked as the broker will (a longer name would be
+    /// refused at declaration, after start-up).
+    fn crm_queue(&self, amqp: &AmqpArgs) -> Result<Option<String>, ConfigError> {
+        if self.crm_queue.is_empty() {
+            return Ok(None);
+        }
+        let name = format!("{}{}", amqp.name_prefix, self.crm_queue);
+        if name.len() > 255 || !name.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::CrmQueueName(name.len()));
+        }
+        Ok(Some(name))
     }
 
     pub fn settings(&self, amqp: &AmqpArgs) -> Result<WorkerSettings, ConfigError> {
@@ -106,7 +123,40 @@ impl WorkerArgs {
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             policy,
             audit_key: SecretString::from(key),
-            crm_queue: (!self.crm_queue.is_empty()).then(|| format!("{}{}", amqp.name_prefix, self.crm_queue)),
+            crm_queue: self.crm_queue(amqp)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        worker: WorkerArgs,
+        #[command(flatten)]
+        amqp: AmqpArgs,
+    }
+
+    fn settings(argv: &[&str]) -> Result<WorkerSettings, ConfigError> {
+        let args = Args::try_parse_from([&["t", "--audit-hmac-key", "k"], argv].concat()).expect("parses");
+        args.worker.settings(&args.amqp)
+    }
+
+    #[test]
+    fn the_crm_queue_is_named_under_the_prefix_and_checked_as_the_broker_would() {
+        let ok = settings(&["--amqp-name-prefix", "t1.", "--crm-queue", "crm"]).expect("settings");
+        assert_eq!(ok.crm_queue.as_deref(), Some("t1.crm"));
+        assert_eq!(settings(&[]).expect("settings").crm_queue, None);
+        let long = "q".repeat(250);
+        let Err(err) = settings(&["--amqp-name-prefix", "prefix.", "--crm-queue", &long]) else {
+            panic!("a 257-byte queue name was accepted");
+        };
+        assert!(err.to_string().contains("257 bytes"), "{err}");
+        assert!(settings(&["--crm-queue", "crm queue"]).is_err());
     }
 }

@@ -531,6 +531,8 @@ enum Api {
     BadClient,
     /// The token endpoint answers 503 once, then issues tokens.
     TokenUnavailableOnce,
+    /// The token endpoint issues one 4 s token, then answers 503.
+    ShortTokenThenUnavailable,
     /// A 502 with an HTML body, then a proper answer.
     HtmlBadGatewayOnce,
     /// A 202 whose body breaks off (the connection fails mid-body), then a proper answer.
@@ -578,6 +580,15 @@ async fn scripted(api: Api) -> Scripted {
                     }
                     if let (Api::TokenUnavailableOnce, 0) = (api, n) {
                         return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                    }
+                    if let Api::ShortTokenThenUnavailable = api {
+                        if n > 0 {
+                            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                        }
+                        return axum::Json(serde_json::json!({
+                            "access_token": "token-0", "token_type": "bearer", "expires_in": 4
+                        }))
+                        .into_response();
                     }
                     axum::Json(serde_json::json!({
                         "access_token": format!("token-{n}"), "token_type": "bearer", "expires_in": 86400
@@ -807,6 +818,23 @@ async fn a_try_that_failed_on_its_token_is_not_counted_as_an_http_attempt() {
     assert_eq!(server.api_requests.load(Ordering::SeqCst), 1);
     // The contract's `attempts` (event, audit record, `x-attempts`): POSTs Genesys received.
     assert_eq!(created.attempts, 1);
+}
+
+#[tokio::test]
+async fn a_failed_refresh_keeps_the_token_in_use_until_it_expires() {
+    let server = scripted(Api::ShortTokenThenUnavailable).await;
+    let client = scripted_client(&server);
+    client.create_session(&unique_request()).await.expect("first token");
+    // A 4 s token is due for a refresh at 2 s; the login host is down by then, but the token is
+    // still good for another second or more.
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let created = client
+        .create_session(&unique_request())
+        .await
+        .expect("created with the unexpired token");
+    assert_eq!(created.attempts, 1);
+    assert_eq!(server.token_requests.load(Ordering::SeqCst), 2, "the refresh was tried");
+    assert_eq!(server.api_requests.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]

@@ -11,6 +11,9 @@
 //! - Every failure of the token endpoint (network, 5xx, 429, and 400/401 too) is a
 //!   [`TokenError`] the caller retries within its budget: a wrong secret must not dead-letter the
 //!   whole stream in a second.
+//! - A refresh that fails keeps the cached token in use until shortly before it expires
+//!   (`expires_in` less 10 s, or a quarter of a short lifetime): the refresh is due a minute
+//!   early, so a brief login outage never stops API calls.
 //! - A failure is held for [`FAILURE_HOLD`] (or the endpoint's `Retry-After`, up to
 //!   [`MAX_FAILURE_HOLD`]): every caller in that time gets it without asking again, so a wrong
 //!   secret or a login outage costs the login host one request per hold per replica, not one per
@@ -31,6 +34,9 @@ use super::error::{GenesysErrorBody, correlation_id, retry_after};
 
 /// The SDKs refresh this long before expiry.
 const REFRESH_MARGIN: Duration = Duration::from_secs(60);
+/// How long before its expiry a token is no longer presented, even when its refresh failed (at
+/// most a quarter of its lifetime).
+const USE_MARGIN: Duration = Duration::from_secs(10);
 /// When `expires_in` is missing.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 /// How long a failed fetch answers for the token endpoint.
@@ -104,6 +110,9 @@ fn lifetime_secs<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Op
 struct CachedToken {
     token: AccessToken,
     refresh_at: Instant,
+    /// Until when the token may still be presented if its refresh fails: its expiry, less a
+    /// margin for the call's own travel time.
+    usable_until: Instant,
 }
 
 #[derive(Default)]
@@ -188,7 +197,7 @@ impl TokenProvider {
             && (fetch.completed != seen || Instant::now() < *held_until)
         {
             // A fetch failed while we queued, or so recently that asking again is pointless.
-            return Err(error.clone());
+            return self.unexpired().await.ok_or_else(|| error.clone());
         }
         let result = self.fetch_token().await;
         fetch.completed += 1;
@@ -198,10 +207,11 @@ impl TokenProvider {
                 fetch.last_error = None;
                 let generation = self.next_generation.fetch_add(1, Ordering::Relaxed) + 1;
                 let token = AccessToken { value, generation };
-                let refresh_at = Instant::now() + refresh_after(lifetime);
+                let now = Instant::now();
                 *self.cached.write().await = Some(CachedToken {
                     token: token.clone(),
-                    refresh_at,
+                    refresh_at: now + refresh_after(lifetime),
+                    usable_until: now + lifetime.saturating_sub(USE_MARGIN.min(lifetime / 4)),
                 });
                 Ok(token)
             }
@@ -210,7 +220,9 @@ impl TokenProvider {
                     .retry_after
                     .map_or(FAILURE_HOLD, |wait| wait.clamp(FAILURE_HOLD, MAX_FAILURE_HOLD));
                 fetch.last_error = Some((error.clone(), Instant::now() + hold));
-                Err(error)
+                // A refresh is due well before the token expires: a login outage or a rotated
+                // secret then costs nothing until the token really runs out.
+                self.unexpired().await.ok_or(error)
             }
         }
     }
@@ -225,6 +237,15 @@ impl TokenProvider {
             );
             *cached = None;
         }
+    }
+
+    /// The cached token if it has not expired yet, though due for a refresh.
+    async fn unexpired(&self) -> Option<AccessToken> {
+        let cached = self.cached.read().await;
+        cached
+            .as_ref()
+            .filter(|c| Instant::now() < c.usable_until)
+            .map(|c| c.token.clone())
     }
 
     async fn fresh(&self) -> Option<AccessToken> {

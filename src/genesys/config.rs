@@ -104,14 +104,15 @@ pub struct GenesysArgs {
     )]
     pub rate_limit_per_minute: u32,
     /// How long a transient failure is retried before `retries_exhausted`, in seconds.
-    #[arg(long = "retry-budget-secs", env = "WORKER_RETRY_BUDGET_SECS", default_value_t = 600)]
+    #[arg(long = "retry-budget-secs", env = "WORKER_RETRY_BUDGET_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(0..=MAX_SETTING.as_secs()))]
     pub retry_budget_secs: u64,
     /// Longest `Retry-After` honoured, in seconds: a request told to wait longer is not retried
     /// (`retries_exhausted`), and the replica's pause after a 429 lasts at most this long.
     #[arg(
         long = "genesys-max-retry-after-secs",
         env = "GENESYS_MAX_RETRY_AFTER_SECS",
-        default_value_t = 180
+        default_value_t = 180,
+        value_parser = clap::value_parser!(u64).range(0..=MAX_SETTING.as_secs())
     )]
     pub max_retry_after_secs: u64,
 }
@@ -134,6 +135,9 @@ impl fmt::Display for GenesysArgs {
         )
     }
 }
+
+/// The longest retry budget or `Retry-After` cap accepted: a day.
+pub const MAX_SETTING: Duration = Duration::from_secs(86_400);
 
 /// A configuration problem, naming the env var to fix.
 #[derive(Debug, thiserror::Error)]
@@ -272,6 +276,18 @@ impl GenesysConfig {
                 var: "GENESYS_RATE_LIMIT_PER_MINUTE",
                 reason: "must be at least 1".to_string(),
             });
+        }
+        // Bounded so that deadlines and pauses (now + the setting) are always representable.
+        for (var, value) in [
+            ("WORKER_RETRY_BUDGET_SECS", self.retry_budget),
+            ("GENESYS_MAX_RETRY_AFTER_SECS", self.max_retry_after),
+        ] {
+            if value > MAX_SETTING {
+                return Err(GenesysConfigError::Invalid {
+                    var,
+                    reason: format!("must be at most {} (a day)", MAX_SETTING.as_secs()),
+                });
+            }
         }
         if self.initial_message.trim().is_empty() {
             return Err(GenesysConfigError::Invalid {
@@ -479,6 +495,18 @@ mod tests {
         .into_config()
         .unwrap_err();
         assert!(err.to_string().contains("GENESYS_RATE_LIMIT_PER_MINUTE"), "{err}");
+    }
+
+    #[test]
+    fn durations_beyond_a_day_are_refused() {
+        for flag in ["--retry-budget-secs", "--genesys-max-retry-after-secs"] {
+            assert!(Cli::try_parse_from(["t", flag, "86400"]).is_ok(), "{flag}");
+            assert!(Cli::try_parse_from(["t", flag, "86401"]).is_err(), "{flag}");
+        }
+        let mut config = GenesysConfig::for_simulator("http://127.0.0.1:1", "c", "s", "i");
+        config.retry_budget = Duration::from_secs(u64::MAX);
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("WORKER_RETRY_BUDGET_SECS"), "{err}");
     }
 
     #[test]

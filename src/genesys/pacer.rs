@@ -56,6 +56,10 @@ pub const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
 /// A 429 arriving less than this long after a pause ended does not cut the rate again: it most
 /// likely answers a request sent before the pause.
 pub const CUT_COOLDOWN: Duration = Duration::from_secs(2);
+/// The largest `inin-ratelimit-allowed` taken as it is (far above any Genesys quota).
+const MAX_ALLOWED: u64 = 1_000_000_000;
+/// The longest emission interval or burst tolerance (a rate of one call a day).
+const MAX_INTERVAL: Duration = Duration::from_secs(86_400);
 
 /// A shared, adaptive rate limiter. Cheap to call from many tasks at once (one short mutex).
 #[derive(Debug)]
@@ -458,10 +462,17 @@ fn spread(time_left: Duration, left: u64) -> (Duration, Duration) {
 /// Emission interval and burst tolerance of GCRA at `rate` requests per minute, with a burst of a
 /// tenth of `allowed` per window when known, else of the per-minute rate.
 fn gcra_params(rate: f64, allowed: Option<u64>) -> (Duration, Duration) {
-    let interval = Duration::from_secs_f64(60.0 / rate.max(f64::MIN_POSITIVE));
-    let quota = allowed.map_or(rate, |a| a as f64);
+    // `rate` and `allowed` come from the network (adapted to headers): a value no real quota
+    // has must not overflow a Duration (which panics), so both ends are clamped.
+    let interval = Duration::try_from_secs_f64(60.0 / rate.max(f64::MIN_POSITIVE))
+        .unwrap_or(MAX_INTERVAL)
+        .min(MAX_INTERVAL);
+    let quota = allowed.map_or(rate, |a| a.min(MAX_ALLOWED) as f64);
     let burst = (quota * BURST_FRACTION).floor().max(1.0);
-    (interval, interval.mul_f64(burst - 1.0))
+    let tolerance = Duration::try_from_secs_f64(interval.as_secs_f64() * (burst - 1.0))
+        .unwrap_or(MAX_INTERVAL)
+        .min(MAX_INTERVAL);
+    (interval, tolerance)
 }
 
 fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
@@ -545,6 +556,14 @@ mod tests {
     use reqwest::header::HeaderValue;
 
     use super::*;
+
+    #[test]
+    fn quotas_no_real_genesys_sends_do_not_overflow() {
+        for (rate, allowed) in [(1.0, Some(u64::MAX)), (f64::MIN_POSITIVE, None), (1e300, Some(0))] {
+            let (interval, tolerance) = gcra_params(rate, allowed);
+            assert!(interval <= MAX_INTERVAL && tolerance <= MAX_INTERVAL);
+        }
+    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

@@ -283,10 +283,14 @@ async fn handle(
     let upstream = propagation::extract(delivery.properties.headers().as_ref());
     let span = consume_span(ctx, &delivery, upstream.clone());
     let _in_flight = ctx.metrics.track_in_flight();
-    let mut unfinished = Unfinished(Some(span.clone()));
+    let mut unfinished = Unfinished {
+        span: Some(span.clone()),
+        settler,
+        tag: delivery.delivery_tag,
+    };
     let work = async {
         let disposition = process_once(ctx, requests, &delivery).await;
-        unfinished.0 = None;
+        unfinished.span = None;
         match &disposition {
             Disposition::Ack(outcome) => {
                 tracing::debug!(outcome = outcome.label(), "acking");
@@ -305,13 +309,25 @@ async fn handle(
 
 /// Marks the `consume` span of a handler stopped before its request ended (the grace period ran
 /// out, or the connection was lost): its delivery goes back to the queue, and the trace says so.
-struct Unfinished(Option<tracing::Span>);
+/// A handler that panicked (a bug) requeues its delivery at once: left unsettled, it would hold
+/// a prefetch slot until the session ends. A request that panics every time is stopped by the
+/// queue's delivery limit.
+struct Unfinished<'a> {
+    span: Option<tracing::Span>,
+    settler: &'a Settler,
+    tag: u64,
+}
 
-impl Drop for Unfinished {
+impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
-        if let Some(span) = self.0.take() {
-            span.record("error.type", "abandoned");
+        if let Some(span) = self.span.take() {
+            let panicked = std::thread::panicking();
+            span.record("error.type", if panicked { "panicked" } else { "abandoned" });
             span.record("otel.status_code", "ERROR");
+            if panicked {
+                span.in_scope(|| tracing::error!("processing a request panicked; it goes back to the queue"));
+                self.settler.requeue(self.tag);
+            }
         }
     }
 }
