@@ -779,6 +779,12 @@ async fn a_guest_chat_2xx_without_jwt_is_rejected_without_opening_another_chat()
         ),
         "{error:?}"
     );
+    // The dead letter's detail says what was wrong and names the chat that was opened.
+    let detail = error.to_string();
+    assert!(
+        detail.contains("HTTP 200, but") && detail.contains("no jwt") && detail.contains("conversation c-9"),
+        "{detail}"
+    );
     assert_eq!(server.api_requests.load(Ordering::SeqCst), 1, "a 2xx is not re-sent");
 }
 

@@ -465,7 +465,7 @@ impl GenesysClient {
                     // Without an id and a jwt the guest cannot join, and a retry would open another chat.
                     .map_err(|problem| AttemptError {
                         context_id: hints.correlation_id,
-                        ..AttemptError::new(Failure::Permanent, Some(status), format!("HTTP {status}: {problem}"))
+                        ..AttemptError::new(Failure::Permanent, Some(status), problem)
                     }),
             };
         }

@@ -125,7 +125,7 @@ pub enum CreateError {
     /// Genesys refused the request for good (4xx other than 408/429, a second 401, 501). The
     /// text (dead-letter `x-error-detail`, replies, logs) holds the status, `code` and `contextId`
     /// only, never `message`.
-    #[error("{}", rejected_text(*status, code.as_deref(), context_id.as_deref(), *attempts))]
+    #[error("{}", rejected_text(*status, code.as_deref(), message, context_id.as_deref(), *attempts))]
     Rejected {
         status: u16,
         code: Option<String>,
@@ -149,8 +149,13 @@ pub enum CreateError {
     },
 }
 
-fn rejected_text(status: u16, code: Option<&str>, context_id: Option<&str>, attempts: u32) -> String {
-    let mut s = format!("Genesys rejected the session request with HTTP {status}");
+fn rejected_text(status: u16, code: Option<&str>, message: &str, context_id: Option<&str>, attempts: u32) -> String {
+    let mut s = if (200..300).contains(&status) {
+        // A 2xx that cannot be used: `message` is the worker's own finding, not Genesys text.
+        format!("Genesys answered HTTP {status}, but {message}")
+    } else {
+        format!("Genesys rejected the session request with HTTP {status}")
+    };
     if let Some(code) = code {
         s.push_str(&format!(" ({code})"));
     }

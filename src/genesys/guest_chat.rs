@@ -105,16 +105,19 @@ pub(crate) struct Created {
 }
 
 /// Reads a 2xx body; `id` and `jwt` are required (without them the guest cannot join).
-pub(crate) fn parse_response(body: &[u8]) -> Result<Created, &'static str> {
-    let response: Response = serde_json::from_slice(body).map_err(|_| "2xx response body is not the expected JSON")?;
+/// The created chat, or what is missing from the answer (no PII: ids only).
+pub(crate) fn parse_response(body: &[u8]) -> Result<Created, String> {
+    let response: Response =
+        serde_json::from_slice(body).map_err(|_| "its body is not the expected JSON".to_string())?;
     let conversation_id = response
         .id
         .filter(|id| !id.is_empty())
-        .ok_or("2xx response without conversation id")?;
-    let jwt = response
-        .jwt
-        .filter(|jwt| !jwt.is_empty())
-        .ok_or("2xx response without jwt")?;
+        .ok_or_else(|| "its body has no conversation id".to_string())?;
+    // The chat exists but no guest can join it without the jwt; it is never routed to an agent
+    // until a guest connects, and its id lets support find it.
+    let jwt = response.jwt.filter(|jwt| !jwt.is_empty()).ok_or_else(|| {
+        format!("its body has no jwt: conversation {conversation_id} was opened and cannot be joined")
+    })?;
     Ok(Created {
         conversation_id,
         jwt: SecretString::from(jwt),

@@ -178,6 +178,7 @@ impl RetryPolicy {
                     status = error.status,
                     code = error.code.as_deref(),
                     context_id = error.context_id.as_deref(),
+                    error = %error.message,
                     delay_ms = delay.as_millis() as u64,
                     "genesys call failed transiently; retrying"
                 );

@@ -215,7 +215,8 @@ async fn create(
                     (outcome, Ok(()), Some(Arc::new(session)))
                 }
                 // The session exists but nobody can hear about it: park the request where an
-                // operator sees it; a replay finds the same conversation (same messageId).
+                // operator sees it; a replay finds the same conversation (Open Messaging: same
+                // messageId; Guest Chat opens another, the first is never routed).
                 Err(Unpublished::Event(error)) if error.is_unroutable() => {
                     let detail = error.to_string();
                     let cause = DeadLetterCause {
