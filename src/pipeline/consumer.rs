@@ -108,12 +108,13 @@ pub async fn consume(
     // A handler whose publish failed asks for a check at once: a dead publisher channel must stop
     // the session before the requeued delivery comes straight back to fail again.
     let check_now = Arc::new(Notify::new());
+    let mut blocked = Blocked::default();
     let end = loop {
         // Reap finished handlers so the set does not grow with the backlog.
         while in_flight.try_join_next().is_some() {}
         let permit = tokio::select! {
             _ = cancel.cancelled() => break SessionEnd::Shutdown,
-            cause = lost(&mut liveness, &check_now, connection, &channel, &ctx) => break SessionEnd::Lost(cause),
+            cause = lost(&mut liveness, &check_now, connection, &channel, &ctx, (&mut blocked, readiness)) => break SessionEnd::Lost(cause),
             permit = slots.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break SessionEnd::Shutdown,
@@ -121,7 +122,7 @@ pub async fn consume(
         };
         let next = tokio::select! {
             _ = cancel.cancelled() => break SessionEnd::Shutdown,
-            cause = lost(&mut liveness, &check_now, connection, &channel, &ctx) => break SessionEnd::Lost(cause),
+            cause = lost(&mut liveness, &check_now, connection, &channel, &ctx, (&mut blocked, readiness)) => break SessionEnd::Lost(cause),
             // Backpressure (issue 5, owned by genesys::client): while a 429 pauses Genesys calls or
             // the circuit is open, take no new delivery (it stays in the queue); requests already
             // in flight wait within their own retry budget. Resolves at once when healthy.
@@ -201,12 +202,14 @@ async fn lost(
     connection: &Connection,
     channel: &Channel,
     ctx: &PipelineContext,
+    (blocked, readiness): (&mut Blocked, &Readiness),
 ) -> String {
     loop {
         tokio::select! {
             _ = liveness.tick() => {}
             () = check_now.notified() => {}
         }
+        blocked.update(connection.status().blocked(), readiness);
         if !connection.status().connected() {
             return "the broker connection closed".into();
         }
@@ -232,6 +235,29 @@ async fn cancel_consumer(channel: &Channel, consumer_tag: &str) {
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::warn!(%error, "cancelling the consumer failed"),
         Err(_) => tracing::warn!("cancelling the consumer timed out"),
+    }
+}
+
+/// Whether the broker has blocked the connection (`connection.blocked`: a memory or disk alarm).
+/// It then reads nothing from it, so publishes, confirms and acks wait until the alarm clears:
+/// in-flight requests hold, nothing is acked early, and `/readyz` says so.
+#[derive(Default)]
+struct Blocked(bool);
+
+impl Blocked {
+    fn update(&mut self, now: bool, readiness: &Readiness) {
+        if now == self.0 {
+            return;
+        }
+        self.0 = now;
+        readiness.set_ready(!now);
+        if now {
+            tracing::warn!(
+                "the broker blocked this connection (a memory or disk alarm): publishes, confirms and acks wait until it clears; /readyz answers 503 meanwhile"
+            );
+        } else {
+            tracing::info!("the broker unblocked the connection; processing resumes");
+        }
     }
 }
 

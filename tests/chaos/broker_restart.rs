@@ -1,7 +1,8 @@
 //! The broker goes away during load, on a dedicated node (the shared broker is never touched):
 //! 1. a restart (`rabbitmqctl stop_app`, `start_app`): the connection is closed by the broker;
 //! 2. a freeze (SIGSTOP): the connection stays open but goes silent, which only the missing
-//!    heartbeats reveal.
+//!    heartbeats reveal;
+//! 3. a memory alarm: the broker blocks the publishing connection (`connection.blocked`).
 //!
 //! Each time the worker reports not ready while the broker is away, consumes again within 10 s of
 //! its return, and loses nothing.
@@ -17,11 +18,11 @@ const CONCURRENCY: usize = 16;
 const HEARTBEAT: u64 = 3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_restart_and_heartbeat_loss_during_load_lose_nothing_and_consuming_resumes_within_10_s() {
+async fn broker_restart_heartbeat_loss_and_a_memory_alarm_during_load_lose_nothing_and_consuming_resumes_within_10_s() {
     let _heavy = HEAVY.lock().await;
     let Some(node) = RabbitNode::start().await else {
         eprintln!(
-            "SKIPPED broker_restart_and_heartbeat_loss…: rabbitmq-server is not installed here, so no \
+            "SKIPPED broker_restart_heartbeat_loss_and_a_memory_alarm…: rabbitmq-server is not installed here, so no \
              dedicated node can be started (tests never restart the shared broker)"
         );
         return;
@@ -90,13 +91,41 @@ async fn broker_restart_and_heartbeat_loss_during_load_lose_nothing_and_consumin
     );
     eprintln!("frozen broker: consuming again {:?} after the thaw", back.elapsed());
     world.reconnect().await;
+
+    // 3. A memory alarm: the connection stays up, but the broker stops reading from every
+    //    connection that publishes (`connection.blocked`), so confirms and acks wait.
+    let alarm_ids = request_ids("alarm", 300);
+    world.publish_requests(&alarm_ids).await;
+    let before = world.settled().await;
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            world.settled().await >= before + 50
+        })
+        .await
+    );
+    node.memory_alarm(true).await;
+    let unready = eventually(Duration::from_secs(10), || async { !worker.ready().await }).await;
+    if !unready {
+        node.memory_alarm(false).await;
+        panic!(
+            "/readyz stayed 200 with the connection blocked; log:\n{}",
+            worker.log_tail()
+        );
+    }
+    node.memory_alarm(false).await;
+    let resumed = eventually(Duration::from_secs(10), || worker.ready()).await;
+    assert!(
+        resumed,
+        "not ready 10 s after the alarm cleared; log:\n{}",
+        worker.log_tail()
+    );
     world
-        .finish_and_stop(worker, restart_ids.len() + freeze_ids.len(), || {
+        .finish_and_stop(worker, restart_ids.len() + freeze_ids.len() + alarm_ids.len(), || {
             world.spawn_worker_with(&env)
         })
         .await;
     let outcomes = world.outcomes().await;
-    let all: Vec<String> = restart_ids.into_iter().chain(freeze_ids).collect();
+    let all: Vec<String> = restart_ids.into_iter().chain(freeze_ids).chain(alarm_ids).collect();
     let missing = outcomes.missing(&all);
     assert!(missing.is_empty(), "lost: {missing:?}");
     assert_eq!(outcomes.dead_letter_count(), 0, "dead letters: {:?}", outcomes.dead);

@@ -85,6 +85,13 @@ impl RabbitNode {
         self.wait_for_port(Duration::from_secs(30)).await;
     }
 
+    /// Raises (or clears) a memory alarm by moving the memory high watermark below (or back
+    /// above) what the node uses: the broker then blocks every connection that publishes.
+    pub async fn memory_alarm(&self, on: bool) {
+        let fraction = if on { "0.000001" } else { "0.4" };
+        self.ctl_blocking(&["set_vm_memory_high_watermark", fraction]).await;
+    }
+
     /// SIGSTOP the node: its sockets stay open but nothing answers, not even heartbeats (a hung
     /// or partitioned broker).
     pub fn freeze(&self) {
