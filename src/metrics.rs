@@ -129,7 +129,7 @@ impl Metrics {
         }))
     }
 
-    pub fn record_outcome(&self, outcome: &Outcome, _elapsed: Duration) {
+    pub fn record_outcome(&self, outcome: &Outcome) {
         let labels = OutcomeLabels {
             outcome: outcome.label(),
             reason: outcome.reason().unwrap_or(""),
@@ -206,20 +206,14 @@ mod tests {
     #[test]
     fn renders_conventional_names_and_counts() {
         let metrics = Metrics::new();
-        metrics.record_outcome(&Outcome::Created { attempts: 1 }, Duration::ZERO);
-        metrics.record_outcome(
-            &Outcome::Rejected {
-                reason: RejectReason::PiiBlocked,
-            },
-            Duration::ZERO,
-        );
-        metrics.record_outcome(
-            &Outcome::Failed {
-                reason: "genesys_rejected",
-                attempts: 1,
-            },
-            Duration::ZERO,
-        );
+        metrics.record_outcome(&Outcome::Created { attempts: 1 });
+        metrics.record_outcome(&Outcome::Rejected {
+            reason: RejectReason::PiiBlocked,
+        });
+        metrics.record_outcome(&Outcome::Failed {
+            reason: "genesys_rejected",
+            attempts: 1,
+        });
         metrics.observe_creation(Duration::from_millis(120));
         metrics.genesys_response(Some(429));
         metrics.genesys_retry();

@@ -44,7 +44,7 @@ pub async fn process_rejected(
     started: Instant,
 ) -> Disposition {
     let outcome = reject(ctx, delivery, rejection, started).await;
-    disposition(ctx, outcome, started)
+    disposition(ctx, outcome)
 }
 
 /// Creates the session of a valid request and publishes what follows from it. Hands back the
@@ -57,7 +57,7 @@ pub async fn process_valid(
     received_at: chrono::DateTime<Utc>,
 ) -> (Disposition, Option<Arc<CreatedSession>>) {
     let (outcome, published, session) = create(ctx, delivery, request, started, received_at).await;
-    (disposition(ctx, (outcome, published), started), session)
+    (disposition(ctx, (outcome, published)), session)
 }
 
 /// Answers for a copy of a request whose first copy created the session (see
@@ -83,17 +83,13 @@ pub async fn process_copy(
     }
 }
 
-fn disposition(
-    ctx: &PipelineContext,
-    outcome_and_publish: (Outcome, Result<(), PublishError>),
-    started: Instant,
-) -> Disposition {
+fn disposition(ctx: &PipelineContext, outcome_and_publish: (Outcome, Result<(), PublishError>)) -> Disposition {
     // The consume span (the caller's) says how the request ended, so a trace search by outcome
     // or reason finds it.
     let consume_span = tracing::Span::current();
     match outcome_and_publish {
         (outcome, Ok(())) => {
-            ctx.metrics.record_outcome(&outcome, started.elapsed());
+            ctx.metrics.record_outcome(&outcome);
             consume_span.record("guest_session.outcome", outcome.label());
             if let Some(reason) = outcome.reason() {
                 consume_span.record("guest_session.reason", reason);

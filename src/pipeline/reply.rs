@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::{amqp::Outgoing, genesys::CreatedSession};
 
-#[derive(Debug, Serialize)]
+#[derive(Serialize)]
 pub struct Reply<'a> {
     pub request_id: Option<&'a str>,
     /// `created`, `rejected` or `failed`.
@@ -20,7 +20,7 @@ pub struct Reply<'a> {
     pub session: Option<ReplySession<'a>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Serialize)]
 pub struct ReplySession<'a> {
     pub api: &'a str,
     pub conversation_id: Option<&'a str>,

@@ -41,7 +41,7 @@ impl std::fmt::Display for RejectReason {
 
 /// A refused request. `detail` is for humans and never quotes an attribute value, the display name,
 /// the initial message or the guest id; it may name a field or an attribute key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}: {detail}")]
 pub struct Rejection {
     pub reason: RejectReason,
@@ -53,4 +53,17 @@ pub struct Rejection {
     pub guest_id: Option<String>,
     /// The consent flags when the body carried a well-formed `consent` object.
     pub consent: Option<super::Consent>,
+}
+
+/// Without the guest id (PII): a `{:?}` of a rejection may reach a log.
+impl std::fmt::Debug for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rejection")
+            .field("reason", &self.reason)
+            .field("detail", &self.detail)
+            .field("request_id", &self.request_id)
+            .field("guest_id", &self.guest_id.as_ref().map(|_| "<redacted>"))
+            .field("consent", &self.consent)
+            .finish()
+    }
 }
