@@ -20,8 +20,9 @@ pub struct WorkerArgs {
     /// last quarter of a shorter grace, is kept for acking and nacking).
     #[arg(long, env = "WORKER_SHUTDOWN_GRACE_SECS", default_value_t = 25, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub shutdown_grace_secs: u64,
-    /// Confirm-mode publisher channels (each driven by one task); mandatory messages (the events)
-    /// get as many of their own.
+    /// Confirm-mode publisher channels (each driven by one task) for replies; the events, the audit
+    /// records and the dead letters, all mandatory, get as many of their own per exchange (4 × N
+    /// channels in all).
     #[arg(long, env = "WORKER_PUBLISHER_CHANNELS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub publisher_channels: u16,
     /// Redeliveries after which the broker dead-letters a message (poison-message guard).

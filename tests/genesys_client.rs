@@ -375,7 +375,7 @@ async fn a_wrong_secret_is_retried_like_a_transient_error_and_never_logged() {
         retries + 1 >= token_requests,
         "{retries} retries, {token_requests} token requests"
     );
-    // The contract's `attempts` are the POSTs Genesys received: none.
+    // The contract's `attempts` are the POSTs sent to Genesys: none.
     assert_eq!(error.attempts(), 0, "{error:?}");
     assert!(
         !text.contains("genesys_responses_total{"),
@@ -533,6 +533,8 @@ enum Api {
     TokenUnavailableOnce,
     /// The token endpoint issues one 4 s token, then answers 503.
     ShortTokenThenUnavailable,
+    /// The token endpoint issues one 4 s token, then hangs for 5 s before each 503.
+    ShortTokenThenHanging,
     /// A 502 with an HTML body, then a proper answer.
     HtmlBadGatewayOnce,
     /// A 202 whose body breaks off (the connection fails mid-body), then a proper answer.
@@ -581,8 +583,11 @@ async fn scripted(api: Api) -> Scripted {
                     if let (Api::TokenUnavailableOnce, 0) = (api, n) {
                         return StatusCode::SERVICE_UNAVAILABLE.into_response();
                     }
-                    if let Api::ShortTokenThenUnavailable = api {
+                    if let Api::ShortTokenThenUnavailable | Api::ShortTokenThenHanging = api {
                         if n > 0 {
+                            if let Api::ShortTokenThenHanging = api {
+                                tokio::time::sleep(Duration::from_secs(5)).await;
+                            }
                             return StatusCode::SERVICE_UNAVAILABLE.into_response();
                         }
                         return axum::Json(serde_json::json!({
@@ -822,7 +827,7 @@ async fn a_try_that_failed_on_its_token_is_not_counted_as_an_http_attempt() {
         .expect("created once the token endpoint is back");
     assert_eq!(server.token_requests.load(Ordering::SeqCst), 2);
     assert_eq!(server.api_requests.load(Ordering::SeqCst), 1);
-    // The contract's `attempts` (event, audit record, `x-attempts`): POSTs Genesys received.
+    // The contract's `attempts` (event, audit record, `x-attempts`): POSTs sent to Genesys.
     assert_eq!(created.attempts, 1);
 }
 
@@ -841,6 +846,32 @@ async fn a_failed_refresh_keeps_the_token_in_use_until_it_expires() {
     assert_eq!(created.attempts, 1);
     assert_eq!(server.token_requests.load(Ordering::SeqCst), 2, "the refresh was tried");
     assert_eq!(server.api_requests.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn calls_do_not_wait_for_a_hanging_refresh_while_the_token_is_unexpired() {
+    let server = scripted(Api::ShortTokenThenHanging).await;
+    let client = scripted_client(&server);
+    client.create_session(&unique_request()).await.expect("first token");
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    // This call starts the refresh, which hangs.
+    let refreshing = tokio::spawn({
+        let client = client.clone();
+        async move { client.create_session(&unique_request()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let created = client
+        .create_session(&unique_request())
+        .await
+        .expect("created with the unexpired token");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "waited {:?} for the refresh",
+        started.elapsed()
+    );
+    assert_eq!(created.attempts, 1);
+    refreshing.abort();
 }
 
 #[tokio::test]

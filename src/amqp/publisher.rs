@@ -101,7 +101,7 @@ pub struct Publisher {
 
 impl Publisher {
     /// Opens `lanes` confirm-mode channels on `connection` for messages that are not mandatory,
-    /// and as many for mandatory ones, each driven by its own task.
+    /// and as many for mandatory ones (to any exchange), each driven by its own task.
     pub async fn open(connection: &Connection, lanes: usize) -> Result<Self, lapin::Error> {
         Self::open_owning(connection, lanes, &[]).await
     }
@@ -141,7 +141,7 @@ impl Publisher {
         pending.confirmed().await
     }
 
-    /// Publishes every message (in order, in one batch per kind: mandatory ones on their own lane)
+    /// Publishes every message (in order, in one batch per lane group: see the module comment)
     /// and then waits for all their confirms.
     pub async fn publish_all(&self, messages: Vec<Outgoing>) -> Result<(), PublishError> {
         let started = self.start(messages).await?;

@@ -189,7 +189,17 @@ impl TokenProvider {
             return Ok(token);
         }
         let seen = self.completed_hint.load(Ordering::Acquire);
-        let mut fetch = self.fetch.lock().await;
+        let mut fetch = match self.fetch.try_lock() {
+            Ok(fetch) => fetch,
+            Err(_) => {
+                // A refresh is in flight: while the token is unexpired, do not wait for it (a
+                // login host that hangs would hold every API call for its whole timeout).
+                if let Some(token) = self.unexpired().await {
+                    return Ok(token);
+                }
+                self.fetch.lock().await
+            }
+        };
         if let Some(token) = self.fresh().await {
             return Ok(token);
         }

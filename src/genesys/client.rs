@@ -319,7 +319,7 @@ impl GenesysClient {
             },
             None => None,
         };
-        // Counted here, as the contract's `attempts` are the POSTs Genesys received (a try that
+        // Counted here, as the contract's `attempts` are the POSTs sent to Genesys (a try that
         // failed on its token sent none).
         let index = call.attempts.fetch_add(1, Ordering::Relaxed);
         let remaining = call.deadline.saturating_duration_since(Instant::now());

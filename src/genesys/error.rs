@@ -122,9 +122,10 @@ pub(crate) fn correlation_id(headers: &HeaderMap) -> Option<String> {
 /// request with [`CreateError::kind`] as the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
-    /// Genesys refused the request for good (4xx other than 408/429, a second 401, 501). The
-    /// text (dead-letter `x-error-detail`, replies, logs) holds the status, `code` and `contextId`
-    /// only, never `message`.
+    /// Genesys refused the request for good (4xx other than 408/429, a second 401, 501, or a 2xx
+    /// the worker cannot use). The text (dead-letter `x-error-detail`, replies, logs) holds the
+    /// status, `code` and `contextId` only, never Genesys's `message`; for an unusable 2xx,
+    /// `message` is the worker's own finding (ids only) and is included.
     #[error("{}", rejected_text(*status, code.as_deref(), message, context_id.as_deref(), *attempts))]
     Rejected {
         status: u16,

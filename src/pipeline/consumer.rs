@@ -109,6 +109,7 @@ pub async fn consume(
     // the session before the requeued delivery comes straight back to fail again.
     let check_now = Arc::new(Notify::new());
     let mut blocked = Blocked::default();
+    let mut unblocked = blocked.watch();
     let end = loop {
         // Reap finished handlers so the set does not grow with the backlog.
         while in_flight.try_join_next().is_some() {}
@@ -126,7 +127,10 @@ pub async fn consume(
             // Backpressure (issue 5, owned by genesys::client): while a 429 pauses Genesys calls or
             // the circuit is open, take no new delivery (it stays in the queue); requests already
             // in flight wait within their own retry budget. Resolves at once when healthy.
+            // Likewise while the broker blocks the connection: a request started now could call
+            // Genesys but not announce the session until the alarm clears.
             next = async {
+                let _ = unblocked.wait_for(|blocked| !blocked).await;
                 ctx.genesys.accepting().await;
                 consumer.next().await
             } => next,
@@ -240,16 +244,26 @@ async fn cancel_consumer(channel: &Channel, consumer_tag: &str) {
 
 /// Whether the broker has blocked the connection (`connection.blocked`: a memory or disk alarm).
 /// It then reads nothing from it, so publishes, confirms and acks wait until the alarm clears:
-/// in-flight requests hold, nothing is acked early, and `/readyz` says so.
-#[derive(Default)]
-struct Blocked(bool);
+/// in-flight requests hold, nothing is acked early, no new delivery is started, and `/readyz`
+/// says so.
+struct Blocked(tokio::sync::watch::Sender<bool>);
+
+impl Default for Blocked {
+    fn default() -> Self {
+        Self(tokio::sync::watch::Sender::new(false))
+    }
+}
 
 impl Blocked {
+    fn watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.0.subscribe()
+    }
+
     fn update(&mut self, now: bool, readiness: &Readiness) {
-        if now == self.0 {
+        if now == *self.0.borrow() {
             return;
         }
-        self.0 = now;
+        self.0.send_replace(now);
         readiness.set_ready(!now);
         if now {
             tracing::warn!(

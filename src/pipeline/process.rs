@@ -315,9 +315,10 @@ async fn dead_letter_publish(
     publish_audited(ctx, delivery, span, dead, audit, reply).await
 }
 
-/// Publishes `lead` (the dead letter, if any), the audit record and, when asked, the reply in one
-/// batch inside `span` (built there, so each `traceparent` names it), waits for their confirms,
-/// and logs the audit record once they are confirmed.
+/// Publishes `lead` (the dead letter, if any) and, once it is confirmed, the audit record and,
+/// when asked, the reply, inside `span` (built there, so each `traceparent` names it); logs the
+/// audit record once all are confirmed. The dead letter goes first and alone, as the event does:
+/// if its queue is gone, no record or reply has announced an outcome the redelivery will repeat.
 async fn publish_audited(
     ctx: &PipelineContext,
     delivery: &Delivery,
@@ -326,14 +327,22 @@ async fn publish_audited(
     audit: AuditRecord,
     reply: &Reply<'_>,
 ) -> Result<(), PublishError> {
-    let messages = span.in_scope(|| {
-        let mut messages: Vec<Outgoing> = lead().into_iter().collect();
-        messages.push(audit_message(ctx, &audit));
-        messages.extend(reply_to(delivery, reply));
-        messages
+    let (lead, follow_up) = span.in_scope(|| {
+        let mut follow_up = vec![audit_message(ctx, &audit)];
+        follow_up.extend(reply_to(delivery, reply));
+        (lead(), follow_up)
     });
-    span.record("messaging.batch.message_count", crate::telemetry::int(messages.len()));
-    let result = publish_traced(ctx, messages, &span).await;
+    span.record(
+        "messaging.batch.message_count",
+        crate::telemetry::int(usize::from(lead.is_some()) + follow_up.len()),
+    );
+    let result = match lead {
+        Some(lead) => match publish_traced(ctx, vec![lead], &span).await {
+            Ok(()) => publish_traced(ctx, follow_up, &span).await,
+            Err(error) => Err(error),
+        },
+        None => publish_traced(ctx, follow_up, &span).await,
+    };
     if result.is_ok() {
         audit.log();
     }

@@ -358,6 +358,57 @@ async fn a_deleted_audit_or_dead_letter_queue_is_declared_again_and_no_record_is
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returned_audit_records_of_many_requests_are_never_taken_for_unroutable_events() {
+    let mut env = TestEnv::start_with(EnvOptions {
+        start_worker: false,
+        ..Default::default()
+    })
+    .await;
+    let events_queue = env.bind_events().await;
+    let audit_queue = env.topology.audit_queue.clone();
+    env.start_worker().await;
+    // Deleted under the running worker (its start declared it), then many requests at once:
+    // events and audit records of many requests on the lanes together, the audit records returned.
+    env.channel
+        .queue_delete(
+            audit_queue.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("audit queue deleted");
+    let ids: Vec<String> = (0..60).map(|i| format!("gone-audit-many-{i}")).collect();
+    let requests = ids
+        .iter()
+        .map(|id| {
+            guest_session_worker::amqp::request_message(&env.topology, body(&valid_request(id)), Default::default())
+        })
+        .collect();
+    env.publisher.publish_all(requests).await.expect("requests confirmed");
+    wait_until_it_holds(&env, &audit_queue, 60).await;
+    let audits = env.take(&audit_queue, 60, WAIT).await;
+    let created: HashSet<String> = audits
+        .iter()
+        .filter_map(|d| {
+            let record: serde_json::Value = serde_json::from_slice(&d.data).ok()?;
+            (record["outcome"] == "created").then(|| record["request_id"].as_str().map(str::to_string))?
+        })
+        .collect();
+    assert_eq!(created, ids.iter().cloned().collect::<HashSet<_>>());
+    assert_eq!(
+        env.message_count(&env.topology.dead_letter_queue.clone()).await,
+        0,
+        "a returned audit record was taken for an unroutable event"
+    );
+    // Redone after the returns: more events than requests.
+    let events = env.message_count(&events_queue).await;
+    assert!(
+        events > 60,
+        "{events} events: no audit record came back, the test proved nothing"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_chat_jwt_goes_to_the_reply_and_never_to_the_crm_event() {
     let mut env = TestEnv::start_with(EnvOptions {
         start_worker: false,
