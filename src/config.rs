@@ -17,7 +17,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
     /// Seconds from SIGTERM until unfinished work is back in the queue (the last second, or the
-    /// last quarter of a shorter grace, is kept for acking and nacking).
+    /// last quarter of a shorter grace, is kept for acking and nacking); 0–86400.
     #[arg(long, env = "WORKER_SHUTDOWN_GRACE_SECS", default_value_t = 25, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub shutdown_grace_secs: u64,
     /// Confirm-mode publisher channels (each driven by one task) for replies; the events, the audit

@@ -103,11 +103,12 @@ pub struct GenesysArgs {
         default_value_t = 300
     )]
     pub rate_limit_per_minute: u32,
-    /// How long a transient failure is retried before `retries_exhausted`, in seconds.
+    /// How long a transient failure is retried before `retries_exhausted`, in seconds (0–86400).
     #[arg(long = "retry-budget-secs", env = "WORKER_RETRY_BUDGET_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(0..=MAX_SETTING.as_secs()))]
     pub retry_budget_secs: u64,
-    /// Longest `Retry-After` honoured, in seconds: a request told to wait longer is not retried
-    /// (`retries_exhausted`), and the replica's pause after a 429 lasts at most this long.
+    /// Longest `Retry-After` honoured, in seconds (0–86400): a request told by a 429 or another
+    /// non-5xx transient answer to wait longer is not retried (`retries_exhausted`); a longer one
+    /// on a 5xx is cut to this; the replica's pause after a 429 lasts at most this long.
     #[arg(
         long = "genesys-max-retry-after-secs",
         env = "GENESYS_MAX_RETRY_AFTER_SECS",
