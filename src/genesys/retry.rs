@@ -174,7 +174,8 @@ impl RetryPolicy {
             .adjust(|error, exponential| self.next_delay(error, exponential, started.elapsed()))
             .notify(|error, delay| {
                 tracing::info!(
-                    attempt = attempts.load(Ordering::Relaxed),
+                    // POSTs sent so far: a try that failed on its token sent none.
+                    attempts_sent = attempts.load(Ordering::Relaxed),
                     status = error.status,
                     code = error.code.as_deref(),
                     context_id = error.context_id.as_deref(),
