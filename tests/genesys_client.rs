@@ -531,9 +531,9 @@ enum Api {
     BadClient,
     /// The token endpoint answers 503 once, then issues tokens.
     TokenUnavailableOnce,
-    /// The token endpoint issues one 4 s token, then answers 503.
+    /// The token endpoint issues one 6 s token, then answers 503.
     ShortTokenThenUnavailable,
-    /// The token endpoint issues one 4 s token, then hangs for 5 s before each 503.
+    /// The token endpoint issues one 6 s token, then hangs for 5 s before each 503.
     ShortTokenThenHanging,
     /// A 502 with an HTML body, then a proper answer.
     HtmlBadGatewayOnce,
@@ -591,7 +591,7 @@ async fn scripted(api: Api) -> Scripted {
                             return StatusCode::SERVICE_UNAVAILABLE.into_response();
                         }
                         return axum::Json(serde_json::json!({
-                            "access_token": "token-0", "token_type": "bearer", "expires_in": 4
+                            "access_token": "token-0", "token_type": "bearer", "expires_in": 6
                         }))
                         .into_response();
                     }
@@ -834,17 +834,26 @@ async fn a_try_that_failed_on_its_token_is_not_counted_as_an_http_attempt() {
 #[tokio::test]
 async fn a_failed_refresh_keeps_the_token_in_use_until_it_expires() {
     let server = scripted(Api::ShortTokenThenUnavailable).await;
-    let client = scripted_client(&server);
+    let mut config = GenesysConfig::for_simulator(&format!("http://{}", server.addr), "c", "s", "integ");
+    config.initial_backoff = Duration::from_millis(10);
+    config.max_backoff = Duration::from_millis(50);
+    config.retry_budget = Duration::from_millis(1500);
+    let client = GenesysClient::new(config).expect("client");
     client.create_session(&unique_request()).await.expect("first token");
-    // A 4 s token is due for a refresh at 2 s; the login host is down by then, but the token is
-    // still good for another second or more.
-    tokio::time::sleep(Duration::from_millis(2300)).await;
+    // A 6 s token is due for a refresh at 3 s and used until 4.5 s; the login host is down by
+    // then.
+    tokio::time::sleep(Duration::from_millis(3300)).await;
     let created = client
         .create_session(&unique_request())
         .await
         .expect("created with the unexpired token");
     assert_eq!(created.attempts, 1);
     assert_eq!(server.token_requests.load(Ordering::SeqCst), 2, "the refresh was tried");
+    assert_eq!(server.api_requests.load(Ordering::SeqCst), 2);
+    // Past 4.5 s the token is no longer presented: no API call without a fresh one.
+    tokio::time::sleep(Duration::from_millis(1400)).await;
+    let error = client.create_session(&unique_request()).await.expect_err("no token");
+    assert_eq!(error.attempts(), 0, "{error:?}");
     assert_eq!(server.api_requests.load(Ordering::SeqCst), 2);
 }
 
@@ -853,7 +862,7 @@ async fn calls_do_not_wait_for_a_hanging_refresh_while_the_token_is_unexpired() 
     let server = scripted(Api::ShortTokenThenHanging).await;
     let client = scripted_client(&server);
     client.create_session(&unique_request()).await.expect("first token");
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     // This call starts the refresh, which hangs.
     let refreshing = tokio::spawn({
         let client = client.clone();
