@@ -76,10 +76,10 @@ pub enum ConfigError {
         default = DEFAULT_PII_PATTERNS.join(",")
     )]
     NoPiiPatterns(String),
-    #[error(
-        "AMQP_CRM_QUEUE with AMQP_NAME_PREFIX makes a queue name of {0} bytes; RabbitMQ allows at most 255 printable ASCII bytes without spaces"
-    )]
-    CrmQueueName(usize),
+    #[error("AMQP_CRM_QUEUE with AMQP_NAME_PREFIX makes a queue name of {0} bytes; RabbitMQ allows at most 255")]
+    CrmQueueTooLong(usize),
+    #[error("AMQP_CRM_QUEUE may hold only printable ASCII characters, without spaces")]
+    CrmQueueCharacters,
 }
 
 impl WorkerArgs {
@@ -99,8 +99,11 @@ impl WorkerArgs {
             return Ok(None);
         }
         let name = format!("{}{}", amqp.name_prefix, self.crm_queue);
-        if name.len() > 255 || !name.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(ConfigError::CrmQueueName(name.len()));
+        if !name.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::CrmQueueCharacters);
+        }
+        if name.len() > 255 {
+            return Err(ConfigError::CrmQueueTooLong(name.len()));
         }
         Ok(Some(name))
     }
@@ -158,6 +161,9 @@ mod tests {
             panic!("a 257-byte queue name was accepted");
         };
         assert!(err.to_string().contains("257 bytes"), "{err}");
-        assert!(settings(&["--crm-queue", "crm queue"]).is_err());
+        let Err(err) = settings(&["--crm-queue", "crm queue"]) else {
+            panic!("a queue name with a space was accepted");
+        };
+        assert!(err.to_string().contains("printable ASCII"), "{err}");
     }
 }

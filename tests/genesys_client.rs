@@ -79,8 +79,13 @@ async fn a_short_lived_token_is_refreshed_before_it_expires() {
     let created = client
         .create_session(&unique_request())
         .await
-        .expect("third, fresh token");
+        .expect("third: the old token, refreshed meanwhile");
     assert_eq!(created.attempts, 1);
+    // The refresh runs beside the call (the old token is still good for 300 ms).
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while sim.stats().token_requests < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let stats = sim.stats();
     assert_eq!((stats.token_requests, stats.unauthorized), (2, 0), "{stats:?}");
 }
@@ -531,6 +536,8 @@ enum Api {
     BadClient,
     /// The token endpoint answers 503 once, then issues tokens.
     TokenUnavailableOnce,
+    /// The token endpoint always answers 503.
+    TokenAlwaysUnavailable,
     /// The token endpoint issues one 6 s token, then answers 503.
     ShortTokenThenUnavailable,
     /// The token endpoint issues one 6 s token, then hangs for 5 s before each 503.
@@ -580,7 +587,7 @@ async fn scripted(api: Api) -> Scripted {
                         )
                             .into_response();
                     }
-                    if let (Api::TokenUnavailableOnce, 0) = (api, n) {
+                    if let (Api::TokenUnavailableOnce, 0) | (Api::TokenAlwaysUnavailable, _) = (api, n) {
                         return StatusCode::SERVICE_UNAVAILABLE.into_response();
                     }
                     if let Api::ShortTokenThenUnavailable | Api::ShortTokenThenHanging = api {
@@ -848,6 +855,11 @@ async fn a_failed_refresh_keeps_the_token_in_use_until_it_expires() {
         .await
         .expect("created with the unexpired token");
     assert_eq!(created.attempts, 1);
+    // The refresh runs beside the call.
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while server.token_requests.load(Ordering::SeqCst) < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(server.token_requests.load(Ordering::SeqCst), 2, "the refresh was tried");
     assert_eq!(server.api_requests.load(Ordering::SeqCst), 2);
     // Past 4.5 s the token is no longer presented: no API call without a fresh one.
@@ -863,24 +875,41 @@ async fn calls_do_not_wait_for_a_hanging_refresh_while_the_token_is_unexpired() 
     let client = scripted_client(&server);
     client.create_session(&unique_request()).await.expect("first token");
     tokio::time::sleep(Duration::from_millis(3200)).await;
-    // This call starts the refresh, which hangs.
-    let refreshing = tokio::spawn({
+    // Due for a refresh, which hangs: neither the call that starts it nor the next one waits.
+    for call in ["the call that starts the refresh", "the next call"] {
+        let started = std::time::Instant::now();
+        let created = client
+            .create_session(&unique_request())
+            .await
+            .expect("created with the unexpired token");
+        assert!(
+            started.elapsed() < Duration::from_millis(1000),
+            "{call} waited {:?} for the refresh",
+            started.elapsed()
+        );
+        assert_eq!(created.attempts, 1);
+    }
+    assert_eq!(server.token_requests.load(Ordering::SeqCst), 2, "one refresh, hanging");
+}
+
+#[tokio::test]
+async fn a_request_that_waited_out_its_budget_behind_an_open_circuit_says_what_was_failing() {
+    let server = scripted(Api::TokenAlwaysUnavailable).await;
+    let mut config = GenesysConfig::for_simulator(&format!("http://{}", server.addr), "c", "s", "integ");
+    config.initial_backoff = Duration::from_millis(10);
+    config.max_backoff = Duration::from_millis(50);
+    config.retry_budget = Duration::from_millis(1500);
+    let client = GenesysClient::new(config).expect("client");
+    let calls = (0..20).map(|_| {
         let client = client.clone();
         async move { client.create_session(&unique_request()).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let started = std::time::Instant::now();
-    let created = client
-        .create_session(&unique_request())
-        .await
-        .expect("created with the unexpired token");
-    assert!(
-        started.elapsed() < Duration::from_millis(1500),
-        "waited {:?} for the refresh",
-        started.elapsed()
-    );
-    assert_eq!(created.attempts, 1);
-    refreshing.abort();
+    for result in futures_util::future::join_all(calls).await {
+        let detail = result.expect_err("no token").to_string();
+        // Also the requests that never had a try of their own (the login failures opened the
+        // circuit): the operator reads what was failing, not only that the budget ran out.
+        assert!(detail.contains("503"), "{detail}");
+    }
 }
 
 #[tokio::test]

@@ -11,9 +11,10 @@
 //! - Every failure of the token endpoint (network, 5xx, 429, and 400/401 too) is a
 //!   [`TokenError`] the caller retries within its budget: a wrong secret must not dead-letter the
 //!   whole stream in a second.
-//! - A refresh that fails keeps the cached token in use until shortly before it expires
-//!   (`expires_in` less 10 s, or a quarter of a short lifetime): the refresh is due a minute
-//!   early, so a brief login outage never stops API calls.
+//! - A token due for its refresh but unexpired is handed out at once while one background task
+//!   refreshes it; if that fails, the token stays in use until shortly before it expires
+//!   (`expires_in` less 10 s, or a quarter of a short lifetime). The refresh is due a minute
+//!   early, so a brief login outage, or a login host that hangs, never holds an API call.
 //! - A failure is held for [`FAILURE_HOLD`] (or the endpoint's `Retry-After`, up to
 //!   [`MAX_FAILURE_HOLD`]): every caller in that time gets it without asking again, so a wrong
 //!   secret or a login outage costs the login host one request per hold per replica, not one per
@@ -133,6 +134,8 @@ pub struct TokenProvider {
     client_secret: SecretString,
     cached: RwLock<Option<CachedToken>>,
     fetch: Mutex<FetchState>,
+    /// A background refresh (of a token due for one but unexpired) is under way.
+    refreshing: std::sync::atomic::AtomicBool,
     completed_hint: std::sync::atomic::AtomicU64,
     next_generation: std::sync::atomic::AtomicU64,
     metrics: std::sync::OnceLock<crate::metrics::Metrics>,
@@ -171,6 +174,7 @@ impl TokenProvider {
             client_secret,
             cached: RwLock::new(None),
             fetch: Mutex::new(FetchState::default()),
+            refreshing: Default::default(),
             completed_hint: Default::default(),
             next_generation: Default::default(),
             metrics: std::sync::OnceLock::new(),
@@ -183,23 +187,32 @@ impl TokenProvider {
     }
 
     /// A fresh token: the cached one, or the result of the one fetch in flight.
-    pub async fn token(&self) -> Result<AccessToken, TokenError> {
+    pub async fn token(self: &Arc<Self>) -> Result<AccessToken, TokenError> {
         use std::sync::atomic::Ordering;
         if let Some(token) = self.fresh().await {
             return Ok(token);
         }
-        let seen = self.completed_hint.load(Ordering::Acquire);
-        let mut fetch = match self.fetch.try_lock() {
-            Ok(fetch) => fetch,
-            Err(_) => {
-                // A refresh is in flight: while the token is unexpired, do not wait for it (a
-                // login host that hangs would hold every API call for its whole timeout).
-                if let Some(token) = self.unexpired().await {
-                    return Ok(token);
-                }
-                self.fetch.lock().await
+        // Due for a refresh but unexpired: refresh in the background and go on with it, so a
+        // login host that fails or hangs (up to the request timeout) holds no API call.
+        if let Some(token) = self.unexpired().await {
+            if !self.refreshing.swap(true, Ordering::AcqRel) {
+                let this = Arc::clone(self);
+                tokio::spawn(async move {
+                    let _ = this.fetch_or_share().await;
+                    this.refreshing.store(false, Ordering::Release);
+                });
             }
-        };
+            return Ok(token);
+        }
+        self.fetch_or_share().await
+    }
+
+    /// The one fetch: the caller that gets the lock fetches; those that queued behind it take
+    /// its token, or share its failure.
+    async fn fetch_or_share(&self) -> Result<AccessToken, TokenError> {
+        use std::sync::atomic::Ordering;
+        let seen = self.completed_hint.load(Ordering::Acquire);
+        let mut fetch = self.fetch.lock().await;
         if let Some(token) = self.fresh().await {
             return Ok(token);
         }

@@ -65,6 +65,21 @@ struct Inner {
     server_port: Option<u16>,
     /// Where each attempt's status is counted; set once by the worker.
     metrics: std::sync::OnceLock<crate::metrics::Metrics>,
+    /// The text of the replica's last transient failure: why a request that never got a try of
+    /// its own (the circuit stayed open) ran out of budget.
+    last_failure: std::sync::Mutex<Option<String>>,
+}
+
+impl Inner {
+    fn remember(&self, call: &Call<'_>, error: &AttemptError) {
+        if error.failure == Failure::Transient {
+            *self
+                .last_failure
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error.message.clone());
+        }
+        call.remember(error);
+    }
 }
 
 /// One creation in progress: what its attempts share.
@@ -142,6 +157,7 @@ impl GenesysClient {
                 server_address: session_url.host_str().unwrap_or_default().to_string(),
                 server_port: session_url.port_or_known_default(),
                 metrics: std::sync::OnceLock::new(),
+                last_failure: std::sync::Mutex::new(None),
                 pacer: Pacer::new(config.rate_limit_per_minute, config.max_retry_after),
                 circuit: Circuit::new(CircuitSettings::default()),
                 http,
@@ -285,9 +301,20 @@ impl GenesysClient {
                     failure: Failure::BudgetSpent,
                     status: None,
                     code: None,
-                    message:
-                        "the retry budget ran out while waiting for Genesys (a rate-limit pause or an open circuit)"
-                            .to_string(),
+                    message: match inner
+                        .last_failure
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .as_deref()
+                    {
+                        Some(last) => format!(
+                            "the retry budget ran out while waiting for Genesys (a rate-limit pause or an open circuit); the replica's last failure: {last}"
+                        ),
+                        None => {
+                            "the retry budget ran out while waiting for Genesys (a rate-limit pause or an open circuit)"
+                                .to_string()
+                        }
+                    },
                     context_id: None,
                     retry_after: None,
                 },
@@ -313,7 +340,7 @@ impl GenesysClient {
                         context_id: e.context_id,
                         retry_after: e.retry_after,
                     };
-                    call.remember(&error);
+                    inner.remember(call, &error);
                     return Err(error);
                 }
             },
@@ -410,7 +437,7 @@ impl GenesysClient {
         .instrument(span.clone())
         .await;
         if let Err(error) = &result {
-            call.remember(error);
+            self.inner.remember(call, error);
             let kind = error.status.map_or_else(|| "transport".to_string(), |s| s.to_string());
             span.record("error.type", kind.as_str());
             span.record("otel.status_code", "ERROR");
