@@ -696,12 +696,18 @@ async fn scripted(api: Api) -> Scripted {
 }
 
 fn scripted_client(server: &Scripted) -> GenesysClient {
-    let mut config = GenesysConfig::for_simulator(&format!("http://{}", server.addr), "c", "s", "integ");
+    let mut config = scripted_config(server, "s", Duration::from_secs(10));
     config.rate_limit_per_minute = 60_000;
+    GenesysClient::new(config).expect("client")
+}
+
+/// Open Messaging against `server` with `secret`, fast backoff and `budget`.
+fn scripted_config(server: &Scripted, secret: &str, budget: Duration) -> GenesysConfig {
+    let mut config = GenesysConfig::for_simulator(&format!("http://{}", server.addr), "c", secret, "integ");
     config.initial_backoff = Duration::from_millis(10);
     config.max_backoff = Duration::from_millis(50);
-    config.retry_budget = Duration::from_secs(10);
-    GenesysClient::new(config).expect("client")
+    config.retry_budget = budget;
+    config
 }
 
 #[tokio::test]
@@ -803,11 +809,7 @@ async fn a_guest_chat_2xx_without_jwt_is_rejected_without_opening_another_chat()
 #[tokio::test]
 async fn a_refused_client_costs_the_login_host_one_request_per_second_not_one_per_retry() {
     let server = scripted(Api::BadClient).await;
-    let mut config = GenesysConfig::for_simulator(&format!("http://{}", server.addr), "c", "wrong", "integ");
-    config.initial_backoff = Duration::from_millis(10);
-    config.max_backoff = Duration::from_millis(50);
-    config.retry_budget = Duration::from_millis(2500);
-    let client = GenesysClient::new(config).expect("client");
+    let client = GenesysClient::new(scripted_config(&server, "wrong", Duration::from_millis(2500))).expect("client");
     let calls = (0..20).map(|_| {
         let client = client.clone();
         async move { client.create_session(&unique_request()).await }
@@ -841,11 +843,7 @@ async fn a_try_that_failed_on_its_token_is_not_counted_as_an_http_attempt() {
 #[tokio::test]
 async fn a_failed_refresh_keeps_the_token_in_use_until_it_expires() {
     let server = scripted(Api::ShortTokenThenUnavailable).await;
-    let mut config = GenesysConfig::for_simulator(&format!("http://{}", server.addr), "c", "s", "integ");
-    config.initial_backoff = Duration::from_millis(10);
-    config.max_backoff = Duration::from_millis(50);
-    config.retry_budget = Duration::from_millis(1500);
-    let client = GenesysClient::new(config).expect("client");
+    let client = GenesysClient::new(scripted_config(&server, "s", Duration::from_millis(1500))).expect("client");
     client.create_session(&unique_request()).await.expect("first token");
     // A 6 s token is due for a refresh at 3 s and used until 4.5 s; the login host is down by
     // then.
@@ -895,11 +893,7 @@ async fn calls_do_not_wait_for_a_hanging_refresh_while_the_token_is_unexpired() 
 #[tokio::test]
 async fn a_request_that_waited_out_its_budget_behind_an_open_circuit_says_what_was_failing() {
     let server = scripted(Api::TokenAlwaysUnavailable).await;
-    let mut config = GenesysConfig::for_simulator(&format!("http://{}", server.addr), "c", "s", "integ");
-    config.initial_backoff = Duration::from_millis(10);
-    config.max_backoff = Duration::from_millis(50);
-    config.retry_budget = Duration::from_millis(1500);
-    let client = GenesysClient::new(config).expect("client");
+    let client = GenesysClient::new(scripted_config(&server, "s", Duration::from_millis(1500))).expect("client");
     let calls = (0..20).map(|_| {
         let client = client.clone();
         async move { client.create_session(&unique_request()).await }

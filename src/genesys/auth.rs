@@ -220,7 +220,7 @@ impl TokenProvider {
             && (fetch.completed != seen || Instant::now() < *held_until)
         {
             // A fetch failed while we queued, or so recently that asking again is pointless.
-            return self.unexpired().await.ok_or_else(|| error.clone());
+            return Err(error.clone());
         }
         let result = self.fetch_token().await;
         fetch.completed += 1;
@@ -243,9 +243,7 @@ impl TokenProvider {
                     .retry_after
                     .map_or(FAILURE_HOLD, |wait| wait.clamp(FAILURE_HOLD, MAX_FAILURE_HOLD));
                 fetch.last_error = Some((error.clone(), Instant::now() + hold));
-                // A refresh is due well before the token expires: a login outage or a rotated
-                // secret then costs nothing until the token really runs out.
-                self.unexpired().await.ok_or(error)
+                Err(error)
             }
         }
     }

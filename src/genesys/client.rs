@@ -71,14 +71,14 @@ struct Inner {
 }
 
 impl Inner {
+    /// Keeps a transient failure as the call's and the replica's last one.
     fn remember(&self, call: &Call<'_>, error: &AttemptError) {
-        if error.failure == Failure::Transient {
-            *self
-                .last_failure
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error.message.clone());
+        if error.failure != Failure::Transient {
+            return;
         }
-        call.remember(error);
+        use std::sync::PoisonError;
+        *self.last_failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.message.clone());
+        *call.last_failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.clone());
     }
 }
 
@@ -94,17 +94,6 @@ struct Call<'a> {
     /// The last transient failure: what the dead letter reports if the budget then runs out
     /// while the attempt waits for the circuit or the pacer.
     last_failure: std::sync::Mutex<Option<AttemptError>>,
-}
-
-impl Call<'_> {
-    fn remember(&self, error: &AttemptError) {
-        if error.failure == Failure::Transient {
-            *self
-                .last_failure
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error.clone());
-        }
-    }
 }
 
 impl GenesysClient {

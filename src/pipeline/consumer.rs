@@ -108,14 +108,14 @@ pub async fn consume(
     // A handler whose publish failed asks for a check at once: a dead publisher channel must stop
     // the session before the requeued delivery comes straight back to fail again.
     let check_now = Arc::new(Notify::new());
-    let mut blocked = Blocked::default();
+    let blocked = Blocked::new(readiness.clone());
     let mut unblocked = blocked.watch();
     let end = loop {
         // Reap finished handlers so the set does not grow with the backlog.
         while in_flight.try_join_next().is_some() {}
         let permit = tokio::select! {
             _ = cancel.cancelled() => break SessionEnd::Shutdown,
-            cause = lost(&mut liveness, &check_now, connection, &channel, &ctx, (&mut blocked, readiness)) => break SessionEnd::Lost(cause),
+            cause = lost(&mut liveness, &check_now, connection, &channel, &ctx, &blocked) => break SessionEnd::Lost(cause),
             permit = slots.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break SessionEnd::Shutdown,
@@ -123,7 +123,7 @@ pub async fn consume(
         };
         let next = tokio::select! {
             _ = cancel.cancelled() => break SessionEnd::Shutdown,
-            cause = lost(&mut liveness, &check_now, connection, &channel, &ctx, (&mut blocked, readiness)) => break SessionEnd::Lost(cause),
+            cause = lost(&mut liveness, &check_now, connection, &channel, &ctx, &blocked) => break SessionEnd::Lost(cause),
             // Backpressure (issue 5, owned by genesys::client): while a 429 pauses Genesys calls or
             // the circuit is open, take no new delivery (it stays in the queue); requests already
             // in flight wait within their own retry budget. Resolves at once when healthy.
@@ -206,14 +206,14 @@ async fn lost(
     connection: &Connection,
     channel: &Channel,
     ctx: &PipelineContext,
-    (blocked, readiness): (&mut Blocked, &Readiness),
+    blocked: &Blocked,
 ) -> String {
     loop {
         tokio::select! {
             _ = liveness.tick() => {}
             () = check_now.notified() => {}
         }
-        blocked.update(connection.status().blocked(), readiness);
+        blocked.update(connection.status().blocked());
         if !connection.status().connected() {
             return "the broker connection closed".into();
         }
@@ -246,25 +246,31 @@ async fn cancel_consumer(channel: &Channel, consumer_tag: &str) {
 /// It then reads nothing from it, so publishes, confirms and acks wait until the alarm clears:
 /// in-flight requests hold, nothing is acked early, no new delivery is started, and `/readyz`
 /// says so.
-struct Blocked(tokio::sync::watch::Sender<bool>);
-
-impl Default for Blocked {
-    fn default() -> Self {
-        Self(tokio::sync::watch::Sender::new(false))
-    }
+struct Blocked {
+    state: tokio::sync::watch::Sender<bool>,
+    readiness: Readiness,
 }
 
 impl Blocked {
-    fn watch(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.0.subscribe()
+    fn new(readiness: Readiness) -> Self {
+        Self {
+            state: tokio::sync::watch::Sender::new(false),
+            readiness,
+        }
     }
 
-    fn update(&mut self, now: bool, readiness: &Readiness) {
-        if now == *self.0.borrow() {
+    fn watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.state.subscribe()
+    }
+
+    fn update(&self, now: bool) {
+        let changed = self
+            .state
+            .send_if_modified(|blocked| std::mem::replace(blocked, now) != now);
+        if !changed {
             return;
         }
-        self.0.send_replace(now);
-        readiness.set_ready(!now);
+        self.readiness.set_ready(!now);
         if now {
             tracing::warn!(
                 "the broker blocked this connection (a memory or disk alarm): publishes, confirms and acks wait until it clears; /readyz answers 503 meanwhile"

@@ -197,12 +197,7 @@ async fn create(
             // The event goes alone and first: the outcome is `created` only once the broker has
             // routed it, so the audit record and the reply never announce a session that no CRM
             // consumer heard of (an unroutable event gets one `failed` record, not two records).
-            let published = match publish_traced(ctx, vec![event_out], &span).await {
-                Ok(()) => publish_traced(ctx, follow_up, &span)
-                    .await
-                    .map_err(Unpublished::FollowUp),
-                Err(error) => Err(Unpublished::Event(error)),
-            };
+            let published = publish_in_turn(ctx, Some(event_out), follow_up, &span).await;
             // Ends the span here, so a dead-letter publish below is its sibling, not inside it.
             drop(span);
             match published {
@@ -213,7 +208,7 @@ async fn create(
                 // The session exists but nobody can hear about it: park the request where an
                 // operator sees it; a replay finds the same conversation (Open Messaging: same
                 // messageId; Guest Chat opens another, the first is never routed).
-                Err(Unpublished::Event(error)) if error.is_unroutable() => {
+                Err(Unpublished::Lead(error)) if error.is_unroutable() => {
                     let detail = error.to_string();
                     let cause = DeadLetterCause {
                         kind: EVENT_UNROUTABLE,
@@ -244,7 +239,7 @@ async fn create(
                         None,
                     )
                 }
-                Err(Unpublished::Event(error) | Unpublished::FollowUp(error)) => (outcome, Err(error), None),
+                Err(unpublished) => (outcome, Err(unpublished.into_error()), None),
             }
         }
         Err(error) => {
@@ -289,12 +284,35 @@ async fn create(
     }
 }
 
-/// Which publish of a created session failed: a returned event means no CRM consumer is bound
-/// (dead-lettered); a returned audit record means the worker's own audit queue is gone
-/// (requeued, and the session restarts to declare it again).
+/// Which publish of [`publish_in_turn`] failed. For a created session: a returned event (the
+/// lead) means no CRM consumer is bound (dead-lettered); a returned audit record means the
+/// worker's own audit queue is gone (requeued, and the session restarts to declare it again).
 enum Unpublished {
-    Event(PublishError),
+    Lead(PublishError),
     FollowUp(PublishError),
+}
+
+impl Unpublished {
+    fn into_error(self) -> PublishError {
+        match self {
+            Unpublished::Lead(error) | Unpublished::FollowUp(error) => error,
+        }
+    }
+}
+
+/// Publishes `lead` alone and first, when there is one, then `follow_up` once it is confirmed.
+async fn publish_in_turn(
+    ctx: &PipelineContext,
+    lead: Option<Outgoing>,
+    follow_up: Vec<Outgoing>,
+    span: &tracing::Span,
+) -> Result<(), Unpublished> {
+    if let Some(lead) = lead {
+        publish_traced(ctx, vec![lead], span).await.map_err(Unpublished::Lead)?;
+    }
+    publish_traced(ctx, follow_up, span)
+        .await
+        .map_err(Unpublished::FollowUp)
 }
 
 /// Dead letter + audit + optional reply, all confirmed before the caller acks.
@@ -336,13 +354,9 @@ async fn publish_audited(
         "messaging.batch.message_count",
         crate::telemetry::int(usize::from(lead.is_some()) + follow_up.len()),
     );
-    let result = match lead {
-        Some(lead) => match publish_traced(ctx, vec![lead], &span).await {
-            Ok(()) => publish_traced(ctx, follow_up, &span).await,
-            Err(error) => Err(error),
-        },
-        None => publish_traced(ctx, follow_up, &span).await,
-    };
+    let result = publish_in_turn(ctx, lead, follow_up, &span)
+        .await
+        .map_err(Unpublished::into_error);
     if result.is_ok() {
         audit.log();
     }

@@ -60,14 +60,7 @@ async fn broker_restart_heartbeat_loss_and_a_memory_alarm_during_load_lose_nothi
 
     // 2. Freeze: no error, no close, just silence.
     let freeze_ids = request_ids("freeze", 400);
-    world.publish_requests(&freeze_ids).await;
-    let before = world.settled().await;
-    assert!(
-        eventually(Duration::from_secs(60), || async {
-            world.settled().await >= before + 50
-        })
-        .await
-    );
+    publish_and_get_going(&world, &freeze_ids).await;
     node.freeze();
     let frozen = Instant::now();
     // The observer's own connection is as stuck as the worker's: only HTTP to the worker now.
@@ -95,14 +88,7 @@ async fn broker_restart_heartbeat_loss_and_a_memory_alarm_during_load_lose_nothi
     // 3. A memory alarm: the connection stays up, but the broker stops reading from every
     //    connection that publishes (`connection.blocked`), so confirms and acks wait.
     let alarm_ids = request_ids("alarm", 300);
-    world.publish_requests(&alarm_ids).await;
-    let before = world.settled().await;
-    assert!(
-        eventually(Duration::from_secs(60), || async {
-            world.settled().await >= before + 50
-        })
-        .await
-    );
+    publish_and_get_going(&world, &alarm_ids).await;
     node.memory_alarm(true).await;
     let unready = eventually(Duration::from_secs(10), || async { !worker.ready().await }).await;
     if !unready {
@@ -137,4 +123,16 @@ async fn broker_restart_heartbeat_loss_and_a_memory_alarm_during_load_lose_nothi
     assert!(duplicated.len() <= 2 * prefetch, "{duplicated:?}");
     world.cleanup().await;
     drop(node);
+}
+
+/// Publishes `ids` and waits until the worker has settled 50 of them: the fault then meets load.
+async fn publish_and_get_going(world: &World, ids: &[String]) {
+    world.publish_requests(ids).await;
+    let before = world.settled().await;
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            world.settled().await >= before + 50
+        })
+        .await
+    );
 }

@@ -319,8 +319,14 @@ impl TestEnv {
     }
 
     pub async fn message_count(&self, queue: &str) -> u32 {
+        self.count_if_exists(queue).await.expect("queue exists")
+    }
+
+    /// The depth of `queue`, `None` when it does not exist (it may have been deleted).
+    pub async fn count_if_exists(&self, queue: &str) -> Option<u32> {
+        // A passive declare of a missing queue closes its channel: a channel of its own.
         let channel = self.connection.create_channel().await.expect("channel");
-        let q = channel
+        let declared = channel
             .queue_declare(
                 queue.into(),
                 QueueDeclareOptions {
@@ -329,10 +335,17 @@ impl TestEnv {
                 },
                 FieldTable::default(),
             )
-            .await
-            .expect("queue exists");
+            .await;
         let _ = channel.close(200, "ok".into()).await;
-        q.message_count()
+        declared.ok().map(|q| q.message_count())
+    }
+
+    /// Deletes `queue` (say, one of the worker's own, under a running worker).
+    pub async fn delete_queue(&self, queue: &str) {
+        self.channel
+            .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
+            .await
+            .expect("queue deleted");
     }
 
     async fn consume(&self, queue: &str) -> Consumer {

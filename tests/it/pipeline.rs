@@ -270,29 +270,25 @@ async fn a_configured_crm_queue_is_declared_bound_and_receives_the_events() {
 /// Waits until `queue` exists (it may have been deleted) and holds at least `n` messages.
 async fn wait_until_it_holds(env: &TestEnv, queue: &str, n: u32) {
     let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        // A passive declare of a missing queue closes its channel: one channel per look.
-        let channel = env.connection.create_channel().await.expect("channel");
-        let declared = channel
-            .queue_declare(
-                queue.into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                lapin::types::FieldTable::default(),
-            )
-            .await;
-        let _ = channel.close(200, "ok".into()).await;
-        if declared.is_ok_and(|q| q.message_count() >= n) {
-            return;
-        }
+    while env.count_if_exists(queue).await.is_none_or(|count| count < n) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{queue} never held {n} messages"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `(request_id, outcome)` of each audit record.
+fn audit_outcomes(audits: &[lapin::message::Delivery]) -> Vec<(String, String)> {
+    audits
+        .iter()
+        .map(|d| {
+            let record: serde_json::Value = serde_json::from_slice(&d.data).expect("audit JSON");
+            let field = |name: &str| record[name].as_str().unwrap_or_default().to_string();
+            (field("request_id"), field("outcome"))
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,10 +304,7 @@ async fn a_deleted_audit_or_dead_letter_queue_is_declared_again_and_no_record_is
     // other arguments). Without a queue bound, the broker would confirm a record it dropped.
     let (dead_queue, audit_queue) = (env.topology.dead_letter_queue.clone(), env.topology.audit_queue.clone());
     for queue in [&dead_queue, &audit_queue] {
-        env.channel
-            .queue_delete(queue.as_str().into(), lapin::options::QueueDeleteOptions::default())
-            .await
-            .expect("queue deleted");
+        env.delete_queue(queue).await;
     }
     env.publish_with(b"not json".to_vec(), |p| p.with_message_id("gone-dead-1".into()))
         .await;
@@ -328,16 +321,7 @@ async fn a_deleted_audit_or_dead_letter_queue_is_declared_again_and_no_record_is
     );
     assert_eq!(header(&dead[0], dead_letter::KIND).as_deref(), Some("malformed"));
     let audits = env.take(&audit_queue, 2, WAIT).await;
-    let mut outcomes: Vec<(String, String)> = audits
-        .iter()
-        .map(|d| {
-            let record: serde_json::Value = serde_json::from_slice(&d.data).expect("audit JSON");
-            (
-                record["request_id"].as_str().unwrap_or_default().to_string(),
-                record["outcome"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
+    let mut outcomes = audit_outcomes(&audits);
     outcomes.sort();
     assert_eq!(
         outcomes,
@@ -369,13 +353,7 @@ async fn returned_audit_records_of_many_requests_are_never_taken_for_unroutable_
     env.start_worker().await;
     // Deleted under the running worker (its start declared it), then many requests at once:
     // events and audit records of many requests on the lanes together, the audit records returned.
-    env.channel
-        .queue_delete(
-            audit_queue.as_str().into(),
-            lapin::options::QueueDeleteOptions::default(),
-        )
-        .await
-        .expect("audit queue deleted");
+    env.delete_queue(&audit_queue).await;
     let ids: Vec<String> = (0..60).map(|i| format!("gone-audit-many-{i}")).collect();
     let requests = ids
         .iter()
@@ -386,12 +364,9 @@ async fn returned_audit_records_of_many_requests_are_never_taken_for_unroutable_
     env.publisher.publish_all(requests).await.expect("requests confirmed");
     wait_until_it_holds(&env, &audit_queue, 60).await;
     let audits = env.take(&audit_queue, 60, WAIT).await;
-    let created: HashSet<String> = audits
-        .iter()
-        .filter_map(|d| {
-            let record: serde_json::Value = serde_json::from_slice(&d.data).ok()?;
-            (record["outcome"] == "created").then(|| record["request_id"].as_str().map(str::to_string))?
-        })
+    let created: HashSet<String> = audit_outcomes(&audits)
+        .into_iter()
+        .filter_map(|(id, outcome)| (outcome == "created").then_some(id))
         .collect();
     assert_eq!(created, ids.iter().cloned().collect::<HashSet<_>>());
     assert_eq!(
